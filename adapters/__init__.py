@@ -1,0 +1,1 @@
+"""Channel adapters, each a pluggy plugin registering through ``soulgate_adapters``."""

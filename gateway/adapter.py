@@ -1,0 +1,173 @@
+"""The channel adapter contract.
+
+An adapter is the only place that speaks a platform's protocol. It turns
+platform events into :class:`~gateway.envelope.Envelope` objects, hands them to
+``ctx.admit`` (which returns only after the inbox commit, so the adapter may
+then acknowledge the platform), and sends rendered replies when the delivery
+worker asks it to. Adapters come from plugins through the ``soulgate_adapters``
+hook, built-in ones exactly like third-party ones.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel
+
+from .envelope import Envelope, Reply, ReplyAddress
+
+__all__ = [
+    "Adapter",
+    "AdapterContext",
+    "AdapterSpec",
+    "AdmitResult",
+    "DeliveryPolicy",
+    "RateLimit",
+    "SendResult",
+    "WebHandler",
+]
+
+DeliveryPolicy = Literal["never_twice", "never_lost"]
+WebHandler = Callable[[Any], Awaitable[Any]]  # aiohttp.web.Request -> aiohttp.web.StreamResponse
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitResult:
+    """What ``ctx.admit`` did: ``created`` is False for a duplicate (already in the inbox)."""
+
+    inbox_id: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the platform answered to a send."""
+
+    platform_message_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One outbound limit: at most ``burst`` sends at once, then one per ``interval`` seconds.
+
+    ``key`` names the bucket; buckets live in Postgres, so every gateway
+    instance shares them (a bot's 30/s is 30/s for all instances together).
+    """
+
+    key: str
+    interval: float
+    burst: int = 1
+
+
+class AdapterContext(Protocol):
+    """What the gateway offers an adapter while it runs."""
+
+    instance_id: str
+    log: logging.Logger
+
+    async def admit(self, envelope: Envelope) -> AdmitResult:
+        """Store the envelope durably; returns after the commit. Idempotent per natural key."""
+        ...
+
+    def add_route(self, method: str, path: str, handler: WebHandler) -> None:
+        """Mount a webhook handler on the public HTTP listener (before ``start`` returns)."""
+        ...
+
+    def leadership(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold cluster-wide leadership of ``name`` (e.g. a poller) until the block exits.
+
+        Waits until this instance is the leader. Used so only one instance polls
+        a Telegram bot or an IMAP mailbox.
+        """
+        ...
+
+    async def get_state(self, key: str) -> Any:
+        """Adapter state kept in Postgres (poll offsets, IMAP watermarks); None if unset."""
+        ...
+
+    async def set_state(self, key: str, value: Any) -> None:
+        """Store adapter state (JSON-serializable)."""
+        ...
+
+    async def audit(self, kind: str, detail: dict[str, Any], envelope: Envelope | None = None) -> None:
+        """Write an audit row (ignored senders, rejected requests, unparsable input)."""
+        ...
+
+    def ticks(self, interval: float) -> AsyncIterator[None]:
+        """Yield every ``interval`` seconds until the gateway stops (for poll loops)."""
+        ...
+
+
+class Adapter(abc.ABC):
+    """Base class for a channel adapter; one instance per configured account."""
+
+    #: the channel name, e.g. ``"telegram"``; the config table is ``[channels.<channel>.<account>]``
+    channel: ClassVar[str]
+    #: what to do when a send's outcome is unknown (timeout after the request left)
+    delivery_policy: DeliveryPolicy = "never_lost"
+    #: how many attempts the delivery worker makes before dead-lettering
+    max_attempts: int | None = None
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+
+    @abc.abstractmethod
+    async def start(self, ctx: AdapterContext) -> None:
+        """Start receiving (mount webhook routes, spawn pollers). Must not block for long."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Stop receiving; in-flight admits finish first."""
+
+    @abc.abstractmethod
+    async def send(self, address: ReplyAddress, reply: Reply) -> SendResult:
+        """Send one chunk (already rendered by :meth:`render`) to ``address``.
+
+        Raise :class:`~gateway.errors.RetryAfter`, ``TransientDeliveryError``,
+        ``PermanentDeliveryError`` or ``OutcomeUnknown`` to steer the retry.
+        """
+
+    def render(self, reply: Reply) -> list[Reply]:
+        """Split a Markdown reply into the chunks ``send`` will post, in order.
+
+        Called once when the turn commits, so chunk boundaries are stable across
+        retries. The default keeps the reply whole.
+        """
+        return [reply]
+
+    def rate_limits(self, address: ReplyAddress) -> list[RateLimit]:
+        """The buckets a send to ``address`` must pass; none by default."""
+        return []
+
+    async def typing(self, address: ReplyAddress) -> None:  # noqa: B027 - optional
+        """Show a "working on it" hint (typing action, reaction); best effort."""
+
+    def status(self) -> dict[str, Any]:
+        """A small JSON-able state summary for ``/api/status``. Never include secrets."""
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterSpec:
+    """How a plugin offers a channel: its name, config schema, and a factory.
+
+    The gateway builds one adapter per ``[channels.<channel>.<account>]``
+    table, validating the table with ``config_model`` first.
+    """
+
+    channel: str
+    factory: Callable[[str, Any], Adapter]
+    config_model: type[BaseModel] | None = None
+    description: str = ""
+
+    def build(self, account: str, raw_config: dict[str, Any]) -> Adapter:
+        cfg: Any = raw_config
+        if self.config_model is not None:
+            cfg = self.config_model.model_validate(raw_config)
+        return self.factory(account, cfg)
+

@@ -1,0 +1,203 @@
+"""Dispatch: claim an inbox row, run its turn outside any transaction, commit the outcome.
+
+A turn is: inbound filters → slash command or routed responder → reply
+transforms → render into chunks → one transaction (outbox rows, inbox done,
+history, audit, runs). A plugin that fails gives the user a short generic
+error reply; infrastructure trouble (the database) releases the row so it is
+retried; a crash leaves the row claimed until its lease expires and another
+worker takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from storage import ClaimedTurn, LostClaim, PendingChunk, TurnRecord, commit_turn
+
+from .envelope import Envelope, Reply
+from .errors import PluginError
+from .router import parse_command, resolve_route
+from .skills import CommandContext
+from .turn import Turn, TurnResult
+
+if TYPE_CHECKING:
+    from .runtime import Gateway
+
+__all__ = ["GENERIC_ERROR", "Dispatcher"]
+
+log = logging.getLogger("soulgate.dispatch")
+GENERIC_ERROR = "Sorry, something went wrong while handling your message. Please try again later."
+HISTORY_LIMIT = 50
+
+
+class Dispatcher:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    # -- worker loop ---------------------------------------------------------------
+
+    async def worker(self, name: str) -> None:
+        cfg = self.gw.config.workers
+        wake = self.gw.wakeups.inbox
+        while not self.gw.stopping.is_set():
+            wake.clear()  # before claiming, so a notify during the claim is not lost
+            try:
+                claim = await self.gw.store.inbox.claim(name, cfg.lease_seconds)
+            except Exception as exc:
+                self.gw.note_db_trouble(exc)
+                await asyncio.sleep(min(cfg.idle_poll_seconds, 1.0))
+                continue
+            self.gw.note_db_ok()
+            if claim is None:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), cfg.idle_poll_seconds)
+                continue
+            self.gw.inflight += 1
+            try:
+                await self.run_claimed(claim)
+            finally:
+                self.gw.inflight -= 1
+
+    async def run_claimed(self, claim: ClaimedTurn) -> None:
+        lease = self.gw.config.workers.lease_seconds
+        renewer = asyncio.create_task(self._renew(claim, lease))
+        typing = asyncio.create_task(self._typing(claim.envelope))
+        started = asyncio.get_running_loop().time()
+        try:
+            record = await self.build_record(claim)
+            await commit_turn(self.gw.store.db, claim, record, ttl_seconds=self.gw.config.delivery.ttl_seconds)
+            self.gw.metrics.turns.labels(record.status).inc()
+        except LostClaim:
+            log.warning("lease on %s was lost; another worker owns the turn", claim.inbox_id)
+        except asyncio.CancelledError:
+            raise  # the row stays claimed; its lease expires and another worker takes it
+        except Exception as exc:
+            log.exception("turn %s could not be committed; it will be retried", claim.inbox_id)
+            self.gw.note_db_trouble(exc)
+            with suppress(Exception):
+                await self.gw.store.inbox.release(claim, f"{type(exc).__name__}: {exc}")
+        finally:
+            renewer.cancel()
+            typing.cancel()
+            self.gw.metrics.turn_seconds.observe(asyncio.get_running_loop().time() - started)
+
+    async def _renew(self, claim: ClaimedTurn, lease: float) -> None:
+        while True:
+            await asyncio.sleep(lease / 3)
+            with suppress(Exception):
+                await self.gw.store.inbox.renew(claim, lease)
+
+    async def _typing(self, env: Envelope) -> None:
+        adapter = self.gw.adapters.get((env.channel, env.account))
+        if adapter is None or not env.addressed:
+            return
+        await asyncio.sleep(0.5)  # quick answers need no typing hint
+        while True:
+            with suppress(Exception):
+                await adapter.typing(env.reply_to)
+            await asyncio.sleep(4.0)
+
+    # -- one turn ----------------------------------------------------------------
+
+    async def build_record(self, claim: ClaimedTurn) -> TurnRecord:
+        env = claim.envelope
+        record = TurnRecord()
+        if claim.attempts > self.gw.config.workers.max_turn_attempts:
+            record.status, record.error = "failed", f"gave up after {claim.attempts - 1} attempts"
+            record.audit.append(("turn_failed", None, {"attempts": claim.attempts - 1}))
+            await self._add_replies(record, env, [Reply(text=GENERIC_ERROR)])
+            return record
+
+        filtered, dropped_by = await self.gw.plugins.call_chain(
+            "soulgate_inbound", "envelope", env, envelope=env, services=self.gw.services
+        )
+        if dropped_by is not None:
+            record.audit.append(("inbound_dropped", dropped_by, {"external_id": env.external_id}))
+            return record
+        if isinstance(filtered, Envelope):
+            env = filtered
+
+        command = parse_command(env.text)
+        if command is not None:
+            replies = await self._run_command(env, *command, record)
+            await self._add_replies(record, env, replies)
+            return record
+
+        route = resolve_route(env, self.gw.config.routes, self.gw.config.agents.default)
+        if env.conversation.kind != "direct" and route.require_mention and not env.addressed:
+            return record  # group chatter not meant for us
+        if route.allowed_senders and env.sender.id not in route.allowed_senders:
+            record.audit.append(("sender_not_allowed", None, {"sender": env.sender.id}))
+            return record
+        result = await self._respond(env, route, record)
+        record.history.append(("user", env.text, {"sender": env.sender.id}))
+        for entry in result.history:
+            record.history.append((entry.role, entry.content, entry.meta))
+        if not result.history:
+            record.history.extend(("assistant", r.text, {}) for r in result.replies)
+        record.audit.extend((a.kind, a.plugin, a.detail) for a in result.audit)
+        record.runs.extend(result.runs)
+        await self._add_replies(record, env, result.replies)
+        return record
+
+    async def _run_command(
+        self, env: Envelope, name: str, args: str, mention: str | None, record: TurnRecord
+    ) -> list[Reply]:
+        found = self.gw.skills.commands.get(name)
+        if found is None:
+            if not env.addressed and env.conversation.kind != "direct":
+                return []  # probably another bot's command
+            return [Reply(text=f"Unknown command `/{name}`. Send /help for the list of commands.")]
+        plugin, cmd = found
+        ctx = CommandContext(envelope=env, command=name, args=args, services=self.gw.services, plugin=plugin)
+        record.audit.append(("command", plugin, {"command": name}))
+        try:
+            result = await asyncio.wait_for(cmd.handler(ctx), self.gw.plugins.hook_timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            err: BaseException = exc
+            if isinstance(exc, TimeoutError):
+                err = PluginError(plugin, f"command /{name}", "timed out")
+            await self.gw.plugins.report(plugin, f"command /{name}", err, env)
+            return [Reply(text=GENERIC_ERROR)]
+        if result is None:
+            return []
+        return [result if isinstance(result, Reply) else Reply(text=str(result))]
+
+    async def _respond(self, env: Envelope, route: object, record: TurnRecord) -> TurnResult:
+        plugin, responder = self.gw.responder
+        history = tuple(await self.gw.services.history(env.conversation_key, HISTORY_LIMIT))
+        turn = Turn(envelope=env, route=route, history=history, services=self.gw.services)  # type: ignore[arg-type]
+        try:
+            result = await asyncio.wait_for(responder.respond(turn), self.gw.config.workers.lease_seconds * 5)
+            if not isinstance(result, TurnResult):
+                raise TypeError(f"respond() returned {type(result).__name__}, not TurnResult")
+            return result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.gw.plugins.report(plugin, "respond", exc, env)
+            return TurnResult(replies=[Reply(text=GENERIC_ERROR)])
+
+    async def _add_replies(self, record: TurnRecord, env: Envelope, replies: list[Reply]) -> None:
+        adapter = self.gw.adapters.get((env.channel, env.account))
+        for reply in replies:
+            reply, _ = await self.gw.plugins.call_chain(
+                "soulgate_reply", "reply", reply, envelope=env, services=self.gw.services
+            )
+            if not isinstance(reply, Reply) or not (reply.text.strip() or reply.attachments):
+                continue
+            if reply.in_reply_to is None:
+                reply = Reply(text=reply.text, attachments=reply.attachments, in_reply_to=env.id, meta=reply.meta)
+            chunks = adapter.render(reply) if adapter is not None else [reply]
+            for chunk in chunks:
+                record.chunks.append(
+                    PendingChunk(
+                        seq=len(record.chunks), address=env.reply_to,
+                        destination=env.conversation_key, reply=chunk,
+                    )
+                )

@@ -1,0 +1,76 @@
+"""What the gateway offers plugins, skills and responders at run time.
+
+One object, handed to every hook that needs it, so plugins never import our
+internals. Everything here is safe to call from a command or tool handler.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from .envelope import Envelope, Reply, ReplyAddress
+from .skills import Command, Tool
+from .turn import HistoryEntry
+
+if TYPE_CHECKING:
+    from .runtime import Gateway
+
+__all__ = ["Services"]
+
+
+class Services:
+    def __init__(self, gateway: Gateway) -> None:
+        self._gw = gateway
+        self.started_monotonic = time.monotonic()
+
+    @property
+    def instance_id(self) -> str:
+        return self._gw.instance_id
+
+    @property
+    def config(self) -> Any:
+        """The validated :class:`gateway.config.Config` (secrets stay ``SecretStr``)."""
+        return self._gw.config
+
+    @property
+    def store(self) -> Any:
+        """The storage repositories (for the agents package and bundled plugins)."""
+        return self._gw.store
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    def commands(self) -> list[tuple[str, Command]]:
+        """``(plugin, command)`` for every loaded command, sorted by name."""
+        return sorted(self._gw.skills.commands.values(), key=lambda pc: pc[1].name)
+
+    def tools(self) -> dict[str, tuple[str, Tool]]:
+        return dict(self._gw.skills.tools)
+
+    def plugin_config(self, name: str) -> Any:
+        return self._gw.plugin_configs.get(name)
+
+    async def status(self) -> dict[str, Any]:
+        return await self._gw.status()
+
+    async def history(self, conversation_key: str, limit: int = 50) -> list[HistoryEntry]:
+        rows = await self._gw.store.conversations.history(conversation_key, limit)
+        return [HistoryEntry(role=r["role"], content=r["content"], meta=r["meta"] or {}) for r in rows]
+
+    async def forget_history(self, conversation_key: str) -> int:
+        return int(await self._gw.store.conversations.forget(conversation_key))
+
+    async def send(self, target: ReplyAddress | str, reply: Reply | str) -> list[int]:
+        """Proactive send to a stored conversation key or an explicit address; returns outbox ids."""
+        return await self._gw.send_proactive(target, reply)
+
+    async def audit(
+        self, kind: str, detail: dict[str, Any], *, plugin: str | None = None,
+        envelope: Envelope | None = None,
+    ) -> None:
+        await self._gw.store.audit.write(
+            kind, detail, plugin=plugin,
+            inbox_id=envelope.id if envelope else None,
+            conversation_key=envelope.conversation_key if envelope else None,
+        )

@@ -1,0 +1,1 @@
+"""Bundled skill plugins, loaded through the same manager as third-party plugins."""

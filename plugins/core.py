@@ -1,0 +1,49 @@
+"""Built-in commands: /help, /status, /reset."""
+
+from __future__ import annotations
+
+from gateway import Command, CommandContext, Skill, hookimpl
+
+__all__: list[str] = []
+
+SOULGATE_PLUGIN_API = "1.0"
+
+
+async def _help(ctx: CommandContext) -> str:
+    lines = ["**Commands**"]
+    for _plugin, cmd in ctx.services.commands():
+        if cmd.hidden:
+            continue
+        usage = f" {cmd.usage}" if cmd.usage else ""
+        lines.append(f"- `/{cmd.name}{usage}` — {cmd.description}")
+    lines.append("")
+    lines.append("Anything else you write goes to the agent.")
+    return "\n".join(lines)
+
+
+async def _status(ctx: CommandContext) -> str:
+    st = await ctx.services.status()
+    up = int(st["uptime_seconds"])
+    channels = ", ".join(f"{a['channel']}/{a['account']}" for a in st["adapters"]) or "none"
+    inbox, outbox = st["queues"]["inbox"], st["queues"]["outbox"]
+    return "\n".join([
+        f"**soulgate** `{st['instance']}` up {up // 3600}h {up % 3600 // 60}m {up % 60}s",
+        f"- channels: {channels}",
+        f"- inbox: {inbox['pending']} pending, {inbox['claimed']} in progress",
+        f"- outbox: {outbox['pending']} pending, {outbox['dead']} dead-lettered",
+        f"- database: {'ok' if st['database']['ok'] else 'unreachable'}",
+    ])
+
+
+async def _reset(ctx: CommandContext) -> str:
+    n = await ctx.services.forget_history(ctx.envelope.conversation_key)
+    return f"Forgot this conversation's history ({n} messages)."
+
+
+@hookimpl
+def soulgate_skills() -> list[Skill]:
+    return [
+        Command("help", "list the commands", _help),
+        Command("status", "uptime, channels and queue depths", _status),
+        Command("reset", "forget this conversation's history", _reset),
+    ]

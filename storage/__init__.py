@@ -1,0 +1,49 @@
+"""Everything that speaks SQL: the pool, embedded Postgres, migrations and repositories."""
+
+from .audit import RUN_FIELDS, AuditRepo
+from .conversations import ConversationRepo
+from .database import Database, DatabaseUnavailable, hide_password, start_embedded
+from .inbox import INBOX_CHANNEL, ClaimedTurn, InboxRepo, LostClaim
+from .notify import listen_forever
+from .outbox import OUTBOX_CHANNEL, OutboxItem, OutboxRepo, PendingChunk
+from .ratelimit import RateLimiter
+from .state import StateRepo, leadership
+from .turns import TurnRecord, commit_turn
+
+__all__ = [
+    "INBOX_CHANNEL",
+    "OUTBOX_CHANNEL",
+    "RUN_FIELDS",
+    "AuditRepo",
+    "ClaimedTurn",
+    "ConversationRepo",
+    "Database",
+    "DatabaseUnavailable",
+    "InboxRepo",
+    "LostClaim",
+    "OutboxItem",
+    "OutboxRepo",
+    "PendingChunk",
+    "RateLimiter",
+    "StateRepo",
+    "Store",
+    "TurnRecord",
+    "commit_turn",
+    "hide_password",
+    "leadership",
+    "listen_forever",
+    "start_embedded",
+]
+
+
+class Store:
+    """All repositories over one database, as the gateway uses them."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.inbox = InboxRepo(db)
+        self.outbox = OutboxRepo(db)
+        self.conversations = ConversationRepo(db)
+        self.audit = AuditRepo(db)
+        self.rates = RateLimiter(db)
+        self.state = StateRepo(db)

@@ -1,0 +1,162 @@
+"""The asyncpg pool, the embedded Postgres, and migrations.
+
+With no URL the gateway starts an embedded PostgreSQL with pgvector (the
+``pgserver`` package) in a local data directory, so a new user needs no
+database. Migrations are plain SQL files applied in name order at start, each
+in its own transaction, serialized across instances by an advisory lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+__all__ = ["Database", "DatabaseUnavailable", "hide_password", "start_embedded"]
+
+log = logging.getLogger("soulgate.storage")
+_MIGRATION_LOCK = 0x5011_6A7E  # advisory lock key serializing migrations across instances
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres could not be reached; the message names the URL with the password hidden."""
+
+
+def hide_password(url: str) -> str:
+    """``postgresql://u:secret@h/db`` → ``postgresql://u:***@h/db`` (for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable database url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or join) the embedded Postgres in ``data_dir``; returns its URL.
+
+    pgserver shares one server between the processes that use the same data
+    directory and stops it when the last one exits.
+    """
+    import pgserver  # imported lazily: only the embedded default needs it
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(data_dir))
+    return str(server.get_uri())
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    try:
+        from pgvector.asyncpg import register_vector
+
+        await register_vector(conn)
+    except (ValueError, asyncpg.PostgresError):  # before the first migration: no vector type yet
+        pass
+
+
+class Database:
+    """Owns the pool; repositories borrow connections from it."""
+
+    def __init__(self, url: str, *, pool_min: int = 1, pool_max: int = 10, timeout: float = 10.0):
+        self.url = url
+        self._pool_min = pool_min
+        self._pool_max = pool_max
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def safe_url(self) -> str:
+        return hide_password(self.url)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database is not connected")
+        return self._pool
+
+    async def connect(self, *, migrate: bool = True) -> None:
+        try:
+            if migrate:
+                conn = await asyncpg.connect(self.url, timeout=self._timeout)
+                try:
+                    await self._migrate(conn)
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                timeout=self._timeout,
+                init=_init_connection,
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable(
+                f"cannot reach the database at {self.safe_url}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def connect_dedicated(self) -> asyncpg.Connection:
+        """A connection outside the pool, for advisory locks and LISTEN.
+
+        (The pool resets advisory locks and listeners when a connection is returned.)
+        """
+        conn = await asyncpg.connect(self.url, timeout=self._timeout)
+        await _init_connection(conn)
+        return conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+            return True
+        except Exception:
+            return False
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            for name, sql in _migration_files():
+                if name in done:
+                    continue
+                log.info("applying migration %s", name)
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+def _migration_files() -> list[tuple[str, str]]:
+    root = resources.files("storage") / "migrations"
+    files = [f for f in root.iterdir() if re.match(r"^\d+_.*\.sql$", f.name)]
+    return [(f.name, f.read_text(encoding="utf-8")) for f in sorted(files, key=lambda f: f.name)]
