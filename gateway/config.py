@@ -32,6 +32,7 @@ __all__ = [
     "PluginsConfig",
     "RouteConfig",
     "WorkersConfig",
+    "config_from_mapping",
     "find_config_file",
     "format_validation_error",
     "load_config",
@@ -227,15 +228,26 @@ def load_config(
             raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     for key, value in (overrides or {}).items():
         _set_path(data, key, value)
+    return config_from_mapping(data, env=env, source=source)
+
+
+def config_from_mapping(
+    data: dict[str, Any], *, env: dict[str, str] | None = None, source: Path | None = None
+) -> Config:
+    """Interpolate and validate an already-parsed config (tests, the plugin test kit)."""
+    env = dict(os.environ) if env is None else env
     problems: list[str] = []
     data = _interpolate(data, "", env, problems)
     for reserved in ("source", "base_dir"):
         if reserved in data:
             problems.append(f"{reserved}: unknown key")
+    if source is None:
+        base = Path.cwd()
+    elif source.resolve().parent.name == "config":
+        base = source.resolve().parent.parent  # config/soulgate.toml: paths relative to the repo
+    else:
+        base = source.resolve().parent
     try:
-        base = source.resolve().parent.parent if source is not None and source.parent.name == "config" else (
-            source.resolve().parent if source is not None else Path.cwd()
-        )
         cfg = Config.model_validate(
             {**data, "source": str(source) if source else None, "base_dir": str(base)}
         )

@@ -2,7 +2,14 @@
 
 from .audit import RUN_FIELDS, AuditRepo
 from .conversations import ConversationRepo
-from .database import Database, DatabaseUnavailable, hide_password, start_embedded
+from .database import (
+    Database,
+    DatabaseUnavailable,
+    create_database,
+    drop_database,
+    hide_password,
+    start_embedded,
+)
 from .inbox import INBOX_CHANNEL, ClaimedTurn, InboxRepo, LostClaim
 from .notify import listen_forever
 from .outbox import OUTBOX_CHANNEL, OutboxItem, OutboxRepo, PendingChunk
@@ -29,6 +36,8 @@ __all__ = [
     "Store",
     "TurnRecord",
     "commit_turn",
+    "create_database",
+    "drop_database",
     "hide_password",
     "leadership",
     "listen_forever",

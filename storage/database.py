@@ -20,7 +20,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-__all__ = ["Database", "DatabaseUnavailable", "hide_password", "start_embedded"]
+__all__ = [
+    "Database",
+    "DatabaseUnavailable",
+    "create_database",
+    "drop_database",
+    "hide_password",
+    "start_embedded",
+]
 
 log = logging.getLogger("soulgate.storage")
 _MIGRATION_LOCK = 0x5011_6A7E  # advisory lock key serializing migrations across instances
@@ -53,6 +60,33 @@ def start_embedded(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(data_dir))
     return str(server.get_uri())
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def create_database(server_url: str, name: str) -> str:
+    """Create an empty database on the server at ``server_url``; returns its URL (tests, benchmarks)."""
+    if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", name):
+        raise ValueError(f"bad database name {name!r}")
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return _with_database(server_url, name)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    if not re.match(r"^[a-z_][a-z0-9_]{0,62}$", name):
+        raise ValueError(f"bad database name {name!r}")
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -1,0 +1,41 @@
+"""pytest fixtures for soulgate plugins (registered through the ``pytest11`` entry point).
+
+- ``soulgate_server_url`` (session): an embedded Postgres with pgvector.
+- ``soulgate_database_url``: a fresh, empty database for one test.
+- ``soulgate_gateway``: a factory; ``async with soulgate_gateway(plugins=[("name", module)]) as h``
+  gives a :class:`~gateway.testing.GatewayHarness` (``h.send``, ``h.expect_reply``, ``h.ask``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from .harness import GatewayHarness, fresh_database, running_gateway, test_server_url
+
+__all__ = ["soulgate_database_url", "soulgate_gateway", "soulgate_server_url"]
+
+
+@pytest.fixture(scope="session")
+def soulgate_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return test_server_url(tmp_path_factory.mktemp("soulgate-pg"))
+
+
+@pytest_asyncio.fixture
+async def soulgate_database_url(soulgate_server_url: str) -> AsyncIterator[str]:
+    async with fresh_database(soulgate_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def soulgate_gateway(
+    soulgate_database_url: str,
+) -> Callable[..., AbstractAsyncContextManager[GatewayHarness]]:
+    def factory(**kwargs: Any) -> AbstractAsyncContextManager[GatewayHarness]:
+        return running_gateway(soulgate_database_url, **kwargs)
+
+    return factory
