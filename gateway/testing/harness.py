@@ -120,3 +120,7 @@ async def running_gateway(
         yield GatewayHarness(gw, fake)
     finally:
         await asyncio.shield(gw.stop())
+
+# Not tests themselves, despite their names (pytest would collect them when imported).
+test_config.__test__ = False  # type: ignore[attr-defined]
+test_server_url.__test__ = False  # type: ignore[attr-defined]
