@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -58,7 +59,9 @@ def start_embedded(data_dir: Path) -> str:
     import pgserver  # imported lazily: only the embedded default needs it
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir))
+    with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR in containers
+        warnings.simplefilter("ignore")
+        server = pgserver.get_server(str(data_dir))
     return str(server.get_uri())
 
 
