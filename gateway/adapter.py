@@ -75,6 +75,15 @@ class AdapterContext(Protocol):
         """Store the envelope durably; returns after the commit. Idempotent per natural key."""
         ...
 
+    async def remember_conversation(self, envelope: Envelope) -> None:
+        """Store a conversation and its reply address without admitting a message.
+
+        For platform events that prove the bot can reach a conversation but
+        carry nothing to answer (Teams ``conversationUpdate`` on install), so
+        proactive sends can name that conversation later. ``text`` is ignored.
+        """
+        ...
+
     def add_route(self, method: str, path: str, handler: WebHandler) -> None:
         """Mount a webhook handler on the public HTTP listener (before ``start`` returns)."""
         ...

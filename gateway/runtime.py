@@ -95,6 +95,10 @@ class _AdapterContext:
     async def admit(self, envelope: Envelope) -> AdmitResult:
         return await self._gw.admit(envelope)
 
+    async def remember_conversation(self, envelope: Envelope) -> None:
+        async with self._gw.store.db.transaction() as conn:
+            await self._gw.store.conversations.touch(conn, envelope)
+
     def add_route(self, method: str, path: str, handler: WebHandler) -> None:
         self._gw.public_routes.append((method.upper(), path, handler))
 

@@ -10,8 +10,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .envelope import Envelope, Reply, ReplyAddress
+from .router import resolve_route
 from .skills import Command, Tool
-from .turn import HistoryEntry
+from .turn import HistoryEntry, Route
 
 if TYPE_CHECKING:
     from .runtime import Gateway
@@ -53,6 +54,14 @@ class Services:
 
     async def status(self) -> dict[str, Any]:
         return await self._gw.status()
+
+    def route(self, envelope: Envelope) -> Route:
+        """The ``[[routes]]`` entry that applies to ``envelope`` (agent and options).
+
+        For plugins that act on route options outside the responder, e.g. a
+        ``soulgate_reply`` hook reading a channel-specific option.
+        """
+        return resolve_route(envelope, self._gw.config.routes, self._gw.config.agents.default)
 
     async def history(self, conversation_key: str, limit: int = 50) -> list[HistoryEntry]:
         rows = await self._gw.store.conversations.history(conversation_key, limit)
