@@ -41,6 +41,7 @@ PLUGIN_API_VERSION = "1.0"
 #: Built-in behaviour, loaded through the same manager as any third-party plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "adapters.console",
+    "adapters.slack",
     "plugins.core",
     "plugins.default_route",
 )
