@@ -1,0 +1,172 @@
+"""The Slack adapter: one instance per ``[channels.slack.<account>]`` table."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from contextlib import suppress
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+
+from gateway import (
+    Adapter,
+    AdapterContext,
+    AdmitResult,
+    RateLimit,
+    Reply,
+    ReplyAddress,
+    SendResult,
+)
+
+from .config import SlackConfig
+from .http import EventsEndpoint
+from .inbound import CHANNEL, Identity, Ignored, parse_event
+from .outbound import SlackOutbound, make_client, render_chunks
+from .socket import SocketModeRunner
+
+__all__ = ["SlackAdapter"]
+
+log = logging.getLogger("soulgate.adapters.slack")
+_THREAD_MEMORY = 4096
+
+
+class SlackAdapter(Adapter):
+    channel = CHANNEL
+
+    def __init__(self, account: str, config: SlackConfig) -> None:
+        super().__init__(account)
+        self.config = config
+        self.delivery_policy = config.delivery_policy
+        self.identity = Identity(bot_user_id=config.bot_user_id)
+        self.auth_error: str | None = None
+        self.client = make_client(config)  # also used without start(): a worker-only instance sends
+        self.outbound = SlackOutbound(config, self.client)
+        self._ctx: AdapterContext | None = None
+        self._socket: SocketModeRunner | None = None
+        self._auth_task: asyncio.Task[None] | None = None
+        # Threads known to include the bot (positive answers only; Postgres has the truth).
+        self._threads: OrderedDict[str, None] = OrderedDict()
+        self.counts = {"admitted": 0, "duplicates": 0, "ignored": 0}
+
+    # -- receiving --------------------------------------------------------------------
+
+    async def start(self, ctx: AdapterContext) -> None:
+        self._ctx = ctx
+        if self.config.mode == "http":
+            assert self.config.signing_secret is not None  # the config model insists
+            endpoint = EventsEndpoint(self.config.signing_secret.get_secret_value(), self.receive, self.account)
+            ctx.add_route("POST", self.config.events_path(self.account), endpoint.handle)
+        else:
+            assert self.config.app_token is not None
+            self._socket = SocketModeRunner(
+                self.config.app_token.get_secret_value(), self.config.api_base_url, self.receive, self.account,
+            )
+            await self._socket.start()
+        # auth.test aside: until it answers, events name the bot in their authorizations.
+        self._auth_task = asyncio.create_task(self._authenticate(ctx), name=f"slack-auth-{self.account}")
+
+    async def stop(self) -> None:
+        if self._auth_task is not None:
+            self._auth_task.cancel()
+            with suppress(BaseException):
+                await self._auth_task
+        if self._socket is not None:
+            await self._socket.stop()
+
+    async def _authenticate(self, ctx: AdapterContext) -> None:
+        try:
+            answer = await self.client.auth_test()
+        except SlackApiError as exc:
+            self.auth_error = str(exc.response.get("error") or exc.response.status_code)
+            ctx.log.error("Slack rejected the bot token of account %r: %s", self.account, self.auth_error)
+            with suppress(Exception):
+                await ctx.audit("slack_auth_failed", {"error": self.auth_error})
+            return
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            ctx.log.warning("auth.test failed (%s); the bot's identity comes from events until it works", exc)
+            return
+        self.auth_error = None
+        self.identity.team_id = answer.get("team_id")
+        self.identity.bot_user_id = self.config.bot_user_id or answer.get("user_id")
+        self.identity.bot_id = answer.get("bot_id")
+        ctx.log.info("Slack account %r is %s in team %s", self.account, answer.get("user"), answer.get("team"))
+
+    async def receive(self, payload: dict[str, Any]) -> AdmitResult | None:
+        """Admit one verified ``event_callback`` (HTTP or Socket Mode); None if ignored.
+
+        Returns only after the inbox commit, so the caller may then acknowledge.
+        Raises ValueError for a malformed event.
+        """
+        ctx = self._ctx
+        if ctx is None:
+            raise RuntimeError("Slack adapter is not started")
+        parsed = parse_event(payload, self.account, self.config, self.identity)
+        if isinstance(parsed, Ignored):
+            self.counts["ignored"] += 1
+            if parsed.audit:
+                await ctx.audit("slack_ignored", {"reason": parsed.reason, **parsed.detail})
+            return None
+        env = parsed.envelope
+        conversation = env.conversation.id
+        if parsed.check_thread and parsed.thread_ts and await self._in_thread(ctx, parsed.team, conversation,
+                                                                            parsed.thread_ts):
+            env = env.evolve(addressed=True)
+        if env.addressed and env.conversation.kind != "direct" and parsed.thread_ts:
+            await self._join_thread(ctx, parsed.team, conversation, parsed.thread_ts)
+        result = await ctx.admit(env)
+        self.counts["admitted" if result.created else "duplicates"] += 1
+        return result
+
+    async def _in_thread(self, ctx: AdapterContext, team: str, channel: str, thread_ts: str) -> bool:
+        key = f"thread:{team}:{channel}:{thread_ts}"
+        if key in self._threads:
+            return True
+        if await ctx.get_state(key):
+            self._remember(key)
+            return True
+        return False
+
+    async def _join_thread(self, ctx: AdapterContext, team: str, channel: str, thread_ts: str) -> None:
+        # The bot is called into this thread: later replies in it need no mention.
+        key = f"thread:{team}:{channel}:{thread_ts}"
+        if key not in self._threads:
+            await ctx.set_state(key, True)
+            self._remember(key)
+
+    def _remember(self, key: str) -> None:
+        self._threads[key] = None
+        while len(self._threads) > _THREAD_MEMORY:
+            self._threads.popitem(last=False)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def render(self, reply: Reply) -> list[Reply]:
+        return render_chunks(reply, self.config.max_message_chars)
+
+    def rate_limits(self, address: ReplyAddress) -> list[RateLimit]:
+        return self.outbound.rate_limits(address)
+
+    async def send(self, address: ReplyAddress, reply: Reply) -> SendResult:
+        return await self.outbound.send(address, reply)
+
+    async def typing(self, address: ReplyAddress) -> None:
+        await self.outbound.react(address)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "mode": self.config.mode,
+            "team_id": self.identity.team_id,
+            "bot_user_id": self.identity.bot_user_id,
+            "delivery_policy": self.delivery_policy,
+            **self.counts,
+        }
+        if self.auth_error:
+            out["auth_error"] = self.auth_error
+        if self.config.mode == "http":
+            out["path"] = self.config.events_path(self.account)
+        elif self._socket is not None:
+            out["connected"] = self._socket.connected
+        return out
