@@ -50,9 +50,16 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+#: stand-ins for secrets whose shape the channel's config model checks
+SHAPED_DUMMIES = {"SLACK_BOT_TOKEN": "xoxb-0-dummy", "SLACK_APP_TOKEN": "xapp-0-dummy"}
+
+
 def dummy_env(text: str) -> dict[str, str]:
     """A value for every ``${VAR}`` without a fallback (the example's secrets)."""
-    return {m.group(1): f"dummy-{m.group(1).lower()}" for m in _ENV_REF.finditer(text) if not m.group(2)}
+    return {
+        m.group(1): SHAPED_DUMMIES.get(m.group(1), f"dummy-{m.group(1).lower()}")
+        for m in _ENV_REF.finditer(text) if not m.group(2)
+    }
 
 
 # -- what the example documents ------------------------------------------------------------
