@@ -2,19 +2,39 @@
 
 Installed as a pytest plugin (entry point ``pytest11``), it offers fixtures
 that run a real gateway on embedded Postgres with a fake channel; see
-:mod:`gateway.testing.plugin`.
+:mod:`gateway.testing.plugin`. Envelope factories per channel are in
+:mod:`gateway.testing.factories`.
 """
 
+from .discovery import PluginInfo, installed_plugins
+from .factories import (
+    console_envelope,
+    email_envelope,
+    fake_channel,
+    slack_envelope,
+    teams_envelope,
+    telegram_envelope,
+)
 from .fake_adapter import FakeAdapter, SentMessage, make_envelope
 from .harness import GatewayHarness, fresh_database, running_gateway, test_config, test_server_url
+from .plugin import GatewayFactory
 
 __all__ = [
     "FakeAdapter",
+    "GatewayFactory",
     "GatewayHarness",
+    "PluginInfo",
     "SentMessage",
+    "console_envelope",
+    "email_envelope",
+    "fake_channel",
     "fresh_database",
+    "installed_plugins",
     "make_envelope",
     "running_gateway",
+    "slack_envelope",
+    "teams_envelope",
+    "telegram_envelope",
     "test_config",
     "test_server_url",
 ]

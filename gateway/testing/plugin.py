@@ -1,6 +1,7 @@
 """pytest fixtures for soulgate plugins (registered through the ``pytest11`` entry point).
 
-- ``soulgate_server_url`` (session): an embedded Postgres with pgvector.
+- ``soulgate_server_url`` (session): an embedded Postgres with pgvector, or the server named by
+  ``$SOULGATE_TEST_SERVER_URL`` (a role that may create databases, e.g. a CI service).
 - ``soulgate_database_url``: a fresh, empty database for one test.
 - ``soulgate_gateway``: a factory; ``async with soulgate_gateway(plugins=[("name", module)]) as h``
   gives a :class:`~gateway.testing.GatewayHarness` (``h.send``, ``h.expect_reply``, ``h.ask``).
@@ -8,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -17,11 +19,17 @@ import pytest_asyncio
 
 from .harness import GatewayHarness, fresh_database, running_gateway, test_server_url
 
-__all__ = ["soulgate_database_url", "soulgate_gateway", "soulgate_server_url"]
+__all__ = ["GatewayFactory", "soulgate_database_url", "soulgate_gateway", "soulgate_server_url"]
+
+#: the type of the ``soulgate_gateway`` fixture, for annotating tests
+GatewayFactory = Callable[..., AbstractAsyncContextManager[GatewayHarness]]
 
 
 @pytest.fixture(scope="session")
 def soulgate_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    external = os.environ.get("SOULGATE_TEST_SERVER_URL")
+    if external:
+        return external
     return test_server_url(tmp_path_factory.mktemp("soulgate-pg"))
 
 
@@ -32,9 +40,7 @@ async def soulgate_database_url(soulgate_server_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def soulgate_gateway(
-    soulgate_database_url: str,
-) -> Callable[..., AbstractAsyncContextManager[GatewayHarness]]:
+def soulgate_gateway(soulgate_database_url: str) -> GatewayFactory:
     def factory(**kwargs: Any) -> AbstractAsyncContextManager[GatewayHarness]:
         return running_gateway(soulgate_database_url, **kwargs)
 
