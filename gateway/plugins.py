@@ -63,6 +63,9 @@ class PluginInfo:
     state: str = "active"  # "active" | "disabled" | "failed"
     error: str | None = None
     hooks: list[str] = field(default_factory=list)
+    #: hook failures (exceptions, timeouts) since start, and the last one
+    errors: int = 0
+    last_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +76,8 @@ class PluginInfo:
             "state": self.state,
             "error": self.error,
             "hooks": self.hooks,
+            "errors": self.errors,
+            "last_error": self.last_error,
         }
 
 
@@ -102,6 +107,9 @@ class PluginManager:
         self.trace = os.environ.get("SOULGATE_TRACE_HOOKS", "") not in ("", "0") if trace is None else trace
         self.infos: dict[str, PluginInfo] = {}
         self.error_reporter: ErrorReporter | None = None
+        # Failures found before the gateway has a database (imports, sync hooks):
+        # logged at once, audited and counted when flush_pending() runs after connect.
+        self._pending: list[tuple[str, str, BaseException]] = []
 
     # -- loading -----------------------------------------------------------------
 
@@ -139,28 +147,60 @@ class PluginManager:
         try:
             obj = loader()
         except Exception as exc:  # an import error must not stop the gateway
-            info.state, info.error = "failed", f"import failed: {type(exc).__name__}: {exc}"
-            log.error("plugin %r (%s) failed to load: %s", name, module, info.error)
+            self._fail_load(info, f"import of {module} failed: {type(exc).__name__}: {exc}", exc)
             return
         wanted = getattr(obj, "SOULGATE_PLUGIN_API", None)
         if wanted is not None and not _api_compatible(str(wanted)):
-            info.state = "failed"
-            info.error = (
-                f"plugin {name!r} wants plugin API {wanted}, this gateway has {PLUGIN_API_VERSION}"
+            self._fail_load(
+                info, f"wants plugin API {wanted}, this gateway has {PLUGIN_API_VERSION}; not loaded"
             )
-            log.error("%s; not loaded", info.error)
             return
         if info.version is None and isinstance(obj, ModuleType):
             info.version = getattr(obj, "__version__", None)
         try:
             self._pm.register(obj, name=name)
         except Exception as exc:  # pluggy validates hook names and signatures
-            info.state, info.error = "failed", f"invalid plugin: {exc}"
-            log.error("plugin %r is invalid: %s", name, exc)
+            self._fail_load(info, f"invalid plugin: {exc}", exc)
             return
-        info.hooks = sorted(
-            h.name for h in (self._pm.get_hookcallers(obj) or []) if h.name.startswith("soulgate_")
-        )
+        callers = self._pm.get_hookcallers(obj) or []
+        # pluggy accepts an implementation of a hook nobody declared (it might be
+        # declared later); for us that is a typo that would be silently ignored.
+        unknown = sorted(h.name for h in callers if h.spec is None)
+        if unknown:
+            self._pm.unregister(name=name)
+            self._fail_load(info, f"implements unknown hook(s) {', '.join(unknown)}; "
+                                  f"known: {', '.join(hookspecs.HOOK_NAMES)}")
+            return
+        info.hooks = sorted(h.name for h in callers if h.name.startswith("soulgate_"))
+
+    def _fail_load(self, info: PluginInfo, message: str, cause: BaseException | None = None) -> None:
+        info.state, info.error = "failed", message
+        err = PluginError(info.name, "load", message)
+        err.__cause__ = cause
+        log.error("%s", err)
+        self._pending.append((info.name, "load", err))
+
+    def disable(self, name: str, reason: str) -> None:
+        """Take a plugin out after it failed at start; none of its hooks is called again."""
+        info = self.infos.get(name)
+        if info is not None:
+            info.state, info.error = "failed", reason
+        if self._pm.get_plugin(name) is not None:
+            self._pm.unregister(name=name)
+
+    def is_active(self, name: str) -> bool:
+        info = self.infos.get(name)
+        return info is None or info.state == "active"  # None: registered by hand
+
+    def hook_plugins(self, hook: str) -> list[str]:
+        """The plugins implementing ``hook``, in call order."""
+        return [impl.plugin_name for impl in self._impls(hook)]
+
+    async def flush_pending(self) -> None:
+        """Audit, count and announce the failures found before the database was there."""
+        pending, self._pending = self._pending, []
+        for plugin, hook, error in pending:
+            await self.report(plugin, hook, error, None, logged=True)
 
     # -- introspection -------------------------------------------------------------
 
@@ -168,6 +208,7 @@ class PluginManager:
         return list(self.infos.values())
 
     def problems(self) -> list[str]:
+        """One line per failed plugin, for ``soulgate check`` (each starts with ``plugin '<name>'``)."""
         return [f"plugin {i.name!r}: {i.error}" for i in self.infos.values() if i.state == "failed"]
 
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
@@ -205,9 +246,17 @@ class PluginManager:
                     hook, impl.plugin_name, (time.perf_counter() - started) * 1000,
                 )
 
-    async def report(self, plugin: str, hook: str, error: BaseException, envelope: Any = None) -> None:
+    async def report(
+        self, plugin: str, hook: str, error: BaseException, envelope: Any = None, *, logged: bool = False
+    ) -> None:
         """Log, count and audit a plugin failure, then tell ``soulgate_error`` listeners."""
-        log.error("plugin %r failed in hook %r: %s: %s", plugin, hook, type(error).__name__, error)
+        what = str(error) if isinstance(error, PluginError) else f"{type(error).__name__}: {error}"
+        if not logged:
+            log.error("plugin %r failed in hook %r: %s", plugin, hook, what)
+        info = self.infos.get(plugin)
+        if info is not None and not logged:  # logged: counted where it was found
+            info.errors += 1
+            info.last_error = f"{hook}: {what}"
         if self.error_reporter is not None:
             try:
                 await self.error_reporter(plugin, hook, error, envelope)
@@ -230,7 +279,8 @@ class PluginManager:
         """Call every implementation; returns ``(plugin, result)`` for those that succeeded."""
         out: list[tuple[str, Any]] = []
         for impl in self._impls(hook):
-            ok, result = await self._call_one(impl, hook, kwargs, envelope)
+            # ``envelope`` is both what failures are reported against and a hook argument.
+            ok, result = await self._call_one(impl, hook, {"envelope": envelope, **kwargs}, envelope)
             if ok:
                 out.append((impl.plugin_name, result))
         return out
@@ -244,7 +294,8 @@ class PluginManager:
         the name of the plugin that dropped it (the value is then ``None``).
         """
         for impl in self._impls(hook):
-            ok, result = await self._call_one(impl, hook, {**kwargs, value_arg: value}, envelope)
+            args = {"envelope": envelope, **kwargs, value_arg: value}
+            ok, result = await self._call_one(impl, hook, args, envelope)
             if not ok or result is None:
                 continue
             if result is False:
@@ -257,23 +308,38 @@ class PluginManager:
         out: list[tuple[str, Any]] = []
         for impl in self._impls(hook):
             args = {k: kwargs[k] for k in impl.argnames if k in kwargs}
+            started = time.perf_counter()
             try:
                 result = impl.function(**args)
             except Exception as exc:
-                info = self.infos.get(impl.plugin_name)
-                msg = str(PluginError(impl.plugin_name, hook, exc))
-                log.error("%s", msg)
-                if info is not None:
-                    info.error = msg
+                self._fail_sync(impl.plugin_name, hook, PluginError(impl.plugin_name, hook, exc), exc)
                 continue
+            finally:
+                if self.trace:
+                    log.info("hook %s in plugin %s took %.2f ms",
+                             hook, impl.plugin_name, (time.perf_counter() - started) * 1000)
             if inspect.isawaitable(result):
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-                log.error("plugin %r: hook %r must not be async", impl.plugin_name, hook)
+                self._fail_sync(impl.plugin_name, hook,
+                                PluginError(impl.plugin_name, hook, "this hook must not be async"))
                 continue
             out.append((impl.plugin_name, result))
         return out
+
+    def _fail_sync(self, plugin: str, hook: str, err: PluginError, cause: BaseException | None = None) -> None:
+        # A load-time hook that fails leaves the plugin half set up (no skills, no
+        # config): take it out entirely rather than run it broken.
+        err.__cause__ = cause
+        log.error("%s", err)
+        what = err.cause if isinstance(err.cause, str) else f"{type(err.cause).__name__}: {err.cause}"
+        self.disable(plugin, f"failed in hook {hook!r}: {what}; not loaded")
+        info = self.infos.get(plugin)
+        if info is not None:
+            info.errors += 1
+            info.last_error = f"{hook}: {err}"
+        self._pending.append((plugin, hook, err))
 
     def first_result(self, hook: str, **kwargs: Any) -> tuple[str, Any] | None:
         for plugin, result in self.call_sync(hook, **kwargs):

@@ -178,7 +178,7 @@ class Gateway:
         self.plugins.load_defaults(self.config.plugins.modules, entry_points=self._entry_points)
         for name, obj in self._extra_plugins:
             self.plugins.register(obj, name)
-        problems = self.plugins.problems()
+        problems: list[str] = []
         for plugin, model in self.plugins.call_sync("soulgate_config_model"):
             if model is None:
                 continue
@@ -186,7 +186,9 @@ class Gateway:
             try:
                 self.plugin_configs[plugin] = model.model_validate(raw)
             except ValidationError as exc:
-                problems.extend(format_validation_error(exc, f"plugins.config.{plugin}"))
+                # A plugin with a bad table is skipped, not run half-configured.
+                lines = format_validation_error(exc, f"plugins.config.{plugin}")
+                self.plugins.disable(plugin, "invalid config: " + "; ".join(lines))
         for name in self.config.plugins.config:
             if name not in self.plugins.infos:
                 problems.append(f"plugins.config.{name}: no plugin named {name!r} is loaded")
@@ -207,8 +209,24 @@ class Gateway:
                     )
                     continue
                 self.adapter_specs[spec.channel] = (plugin, spec)
+        self._drop_failed_plugins()
+        problems[:0] = self.plugins.problems()
         problems.extend(self.build_adapters())
         return problems
+
+    def _drop_failed_plugins(self) -> None:
+        """Forget what plugins that failed after loading offered (skills, responder, channels)."""
+        active = self.plugins.is_active
+        for table in (self.skills.commands, self.skills.tools):
+            for key in [k for k, (plugin, _s) in table.items() if not active(plugin)]:
+                del table[key]
+        if self.responder[0] and not active(self.responder[0]):
+            found = self.plugins.first_result("soulgate_responder", services=self.services)
+            self.responder = found or ("", None)  # type: ignore[assignment]
+        self.adapters = {
+            key: a for key, a in self.adapters.items()
+            if active(self.adapter_specs.get(key[0], ("", None))[0])
+        }
 
     def build_adapters(self) -> list[str]:
         problems: list[str] = []
@@ -253,7 +271,13 @@ class Gateway:
             raise ConfigError(fatal)
         await self._connect()
         await self._ensure_admin_token()
-        await self.plugins.call_each("soulgate_startup", services=self.services)
+        await self.plugins.flush_pending()  # audit and count load-time plugin failures
+        expected = self.plugins.hook_plugins("soulgate_startup")
+        started = {p for p, _ in await self.plugins.call_each("soulgate_startup", services=self.services)}
+        for name in expected:
+            if name not in started:
+                self.plugins.disable(name, "failed in soulgate_startup; disabled")
+        self._drop_failed_plugins()
         self._tasks.append(asyncio.create_task(listen_forever(self.store.db, {
             "soulgate_inbox": self.wakeups.inbox.set,
             "soulgate_outbox": self.wakeups.outbox.set,
