@@ -85,6 +85,14 @@ class SlackConfig(BaseModel):
             raise ValueError("must not be empty")
         return v
 
+    @field_validator("ack_reaction")
+    @classmethod
+    def _reaction(cls, v: str) -> str:
+        name = v.strip().strip(":")  # ":eyes:" as typed in Slack means "eyes"
+        if any(c.isspace() or c == ":" for c in name):
+            raise ValueError("must be one reaction name such as \"eyes\" (or \"\" for none)")
+        return name
+
     @field_validator("path")
     @classmethod
     def _path(cls, v: str | None) -> str | None:

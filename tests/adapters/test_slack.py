@@ -313,6 +313,17 @@ async def test_dropped_connection_is_never_posted_twice(
         assert await h.gateway.store.audit.recent(kind="delivery_unknown")
 
 
+async def test_timed_out_post_is_parked_not_repeated(soulgate_database_url: str, fake_slack: FakeSlack) -> None:
+    async with slack_gateway(soulgate_database_url, {"main": account(fake_slack, timeout_seconds=1)}) as h:
+        fake_slack.delay("chat.postMessage", 1.5)  # Slack posts it, but answers too late
+        assert await post(h, message_event("slow lane", channel="D0DM")) == 200
+        await fake_slack.wait_for_posts("D0DM", timeout=10)
+        await h.idle()
+        assert fake_slack.count("chat.postMessage") == 1 and len(fake_slack.posts) == 1
+        [dead] = await h.gateway.store.audit.recent(kind="delivery_unknown")
+        assert "TimeoutError" in dead["detail"]["error"]
+
+
 async def test_never_lost_policy_retries_an_unanswered_post(
     soulgate_database_url: str, fake_slack: FakeSlack
 ) -> None:
@@ -366,6 +377,7 @@ async def test_several_workspaces_at_once(soulgate_database_url: str) -> None:
             "main": account(fake),
             "second": {**account(fake, second), "signing_secret": "second-secret", "ack_reaction": "",
                        "reply_in_thread": False},
+            "broken": {**account(fake), "bot_token": "xoxb-revoked", "ack_reaction": ":thinking_face:"},
         }
         async with slack_gateway(soulgate_database_url, accounts) as h:
             assert await post(h, app_mention_event("<@U0BOT> one", channel="C0ONE")) == 200
@@ -379,7 +391,16 @@ async def test_several_workspaces_at_once(soulgate_database_url: str) -> None:
             assert (one_post.team_id, one_post.text) == ("T0SOULGATE", "echo: one (0 earlier)")
             assert (two_post.team_id, two_post.text) == ("T0SECOND", "echo: two (0 earlier)")
             assert two_post.thread_ts is None and one_post.thread_ts is not None
-            assert {c.token for c in fake.calls_to("auth.test")} == {"xoxb-soulgate-test", "xoxb-second"}
+            assert {"xoxb-soulgate-test", "xoxb-second"} <= {c.token for c in fake.calls_to("auth.test")}
+            # A revoked token shows in the status and the audit; the other accounts go on.
+            for _ in range(100):
+                adapters = {a["account"]: a for a in (await h.gateway.status())["adapters"]}
+                if "auth_error" in adapters["broken"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert adapters["broken"]["auth_error"] == "invalid_auth"
+            assert adapters["main"]["bot_user_id"] == "U0BOT" and "auth_error" not in adapters["main"]
+            assert await h.gateway.store.audit.recent(kind="slack_auth_failed")
 
 
 # -- Socket Mode ------------------------------------------------------------------------------
@@ -433,6 +454,7 @@ def test_config_problems_are_reported_with_their_key() -> None:
         "wrong_tokens": {"bot_token": "s3cret", "mode": "socket", "app_token": "xoxb-2"},
         "typo": {**good, "reply_in_threads": True},
         "bad_path": {**good, "path": "slack/events"},
+        "bad_reaction": {**good, "ack_reaction": "thumbs up"},
     }
     gw = Gateway(test_config({"channels": {"slack": channels}}), entry_points=False)
     problems = "\n".join(gw.load_plugins())
@@ -442,10 +464,12 @@ def test_config_problems_are_reported_with_their_key() -> None:
     assert "channels.slack.wrong_tokens.app_token: " in problems
     assert "channels.slack.typo.reply_in_threads: unknown key" in problems
     assert "channels.slack.bad_path.path: " in problems
+    assert "channels.slack.bad_reaction.ack_reaction: " in problems
     assert "channels.slack.ok" not in problems and "s3cret" not in problems
     assert list(gw.adapters) == [("slack", "ok")]
     assert SlackConfig.model_validate({**good, "api_base_url": "http://127.0.0.1:1/api"}).api_base_url.endswith(
         "/api/")
+    assert SlackConfig.model_validate({**good, "ack_reaction": ":eyes:"}).ack_reaction == "eyes"
     with pytest.raises(ConfigError):
         test_config({"channels": {"slack": "not a table"}})
 
