@@ -117,7 +117,10 @@ class SlackAdapter(Adapter):
         if env.addressed and env.conversation.kind != "direct" and parsed.thread_ts:
             await self._join_thread(ctx, parsed.team, conversation, parsed.thread_ts)
         result = await ctx.admit(env)
-        self.counts["admitted" if result.created else "duplicates"] += 1
+        if not result.inbox_id:  # nothing to answer (no text, no files): the gateway dropped it
+            self.counts["ignored"] += 1
+        else:
+            self.counts["admitted" if result.created else "duplicates"] += 1
         return result
 
     async def _in_thread(self, ctx: AdapterContext, team: str, channel: str, thread_ts: str) -> bool:
