@@ -1,4 +1,4 @@
-"""The ``soulgate`` command: run, chat, check, plugins, admin-token."""
+"""The ``soulgate`` command: run, chat, check, plugins, new-plugin, admin-token."""
 
 from __future__ import annotations
 
@@ -155,6 +155,20 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_plugin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .scaffold import TemplateError, render_template
+
+    try:
+        target = render_template(args.name, Path(args.dir) if args.dir else None)
+    except (TemplateError, OSError) as exc:
+        return _fail([str(exc)], 1)
+    print(f"created plugin {args.name!r} in {target}\n"
+          f"next: cd {target} && pip install -e . && soulgate plugins && pytest")
+    return 0
+
+
 async def _admin_token(config: Config) -> int:
     from .runtime import Gateway
 
@@ -180,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("chat", help="talk to the gateway in this terminal (or pipe lines in)")
     sub.add_parser("check", help="validate config, SOUL files and plugins")
     sub.add_parser("plugins", help="list plugins with source, version, hooks and state")
+    new = sub.add_parser("new-plugin", help="create a plugin package from the template (docs/plugins.md)")
+    new.add_argument("name", help="plugin name: lower-case letters, digits, _ (also its /command)")
+    new.add_argument("--dir", help="where to create it (default: ./soulgate-NAME)")
     sub.add_parser("admin-token", help="print the admin bearer token")
     return parser
 
@@ -190,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args)
     if args.command == "plugins":
         return _plugins(args)
+    if args.command == "new-plugin":
+        return _new_plugin(args)
     try:
         config = _load(args)
     except ConfigError as exc:
