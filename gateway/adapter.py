@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel
 
-from .envelope import Envelope, Reply, ReplyAddress
+from .envelope import Attachment, Envelope, Reply, ReplyAddress
 
 __all__ = [
     "Adapter",
@@ -155,6 +155,14 @@ class Adapter(abc.ABC):
 
     async def typing(self, address: ReplyAddress) -> None:  # noqa: B027 - optional
         """Show a "working on it" hint (typing action, reaction); best effort."""
+
+    async def fetch_attachment(self, attachment: Attachment, *, max_bytes: int | None = None) -> bytes:
+        """The bytes of an inbound attachment (``attachment.ref``), downloaded on demand.
+
+        Raises ``ValueError`` when it is larger than ``max_bytes`` (or the adapter's own
+        cap) or cannot be fetched; ``NotImplementedError`` if the channel has no files.
+        """
+        raise NotImplementedError(f"channel {self.channel!r} cannot fetch attachments")
 
     def status(self) -> dict[str, Any]:
         """A small JSON-able state summary for ``/api/status``. Never include secrets."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from .envelope import Envelope, Reply, ReplyAddress
+from .envelope import Attachment, Envelope, Reply, ReplyAddress
 from .router import resolve_route
 from .skills import Command, Tool
 from .turn import HistoryEntry, Route
@@ -73,6 +73,19 @@ class Services:
     async def send(self, target: ReplyAddress | str, reply: Reply | str) -> list[int]:
         """Proactive send to a stored conversation key or an explicit address; returns outbox ids."""
         return await self._gw.send_proactive(target, reply)
+
+    async def fetch_attachment(
+        self, envelope: Envelope, attachment: Attachment, *, max_bytes: int | None = None
+    ) -> bytes:
+        """Download an attachment of ``envelope`` through the adapter that received it.
+
+        Files are not fetched at admit time (most are never needed); a skill or
+        agent that wants the bytes asks here. Raises ``ValueError`` over the size cap.
+        """
+        adapter = self._gw.adapters.get((envelope.channel, envelope.account))
+        if adapter is None:
+            raise LookupError(f"no adapter for {envelope.channel}/{envelope.account} in this instance")
+        return await adapter.fetch_attachment(attachment, max_bytes=max_bytes)
 
     async def audit(
         self, kind: str, detail: dict[str, Any], *, plugin: str | None = None,
