@@ -42,6 +42,7 @@ PLUGIN_API_VERSION = "1.0"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "adapters.console",
     "adapters.slack",
+    "adapters.telegram",
     "adapters.teams",
     "plugins.core",
     "plugins.default_route",

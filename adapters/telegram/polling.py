@@ -1,0 +1,189 @@
+"""Our own getUpdates loop: store first, confirm after.
+
+aiogram's Dispatcher confirms an update (by asking for the next offset) before
+its handler has finished, so a crash loses what was in flight. Here the order
+is: getUpdates → admit every update (each returns after the inbox commit) →
+only then the next getUpdates with ``offset = last update_id + 1``, which is
+what confirms them to Telegram. A crash anywhere before that call means
+Telegram sends the same updates again, and the inbox's natural keys
+(``update:<id>``, ``msg:<chat>:<message>``) turn the repeat into a no-op.
+
+One instance polls a bot at a time (cluster-wide leadership keyed by the bot
+id); the others wait to take over. A 409 Conflict means someone else polls
+the same token (another deployment, a developer's laptop): we back off and try
+again rather than crash or hammer Telegram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any
+
+from aiogram import Bot
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramConflictError,
+    TelegramRetryAfter,
+    TelegramUnauthorizedError,
+)
+from aiogram.methods import GetUpdates
+from aiogram.types import Update
+
+from gateway import AdapterContext
+
+__all__ = ["Poller"]
+
+log = logging.getLogger("soulgate.adapters.telegram")
+#: Telegram keeps unconfirmed updates for 24 hours; an older stored offset means nothing
+OFFSET_MAX_AGE = 24 * 3600.0
+STOP_GRACE = 1.0  # seconds a stopping poller may take to finish admitting a batch
+
+Ingest = Callable[[Update, dict[str, Any]], Awaitable[None]]
+
+
+class _Backoff:
+    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
+        self.first, self.cap, self.current = first, cap, 0.0
+
+    def next(self) -> float:
+        self.current = self.first if self.current == 0 else min(self.cap, self.current * 2)
+        return self.current * random.uniform(0.8, 1.2)  # instances do not retry in lockstep
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+class Poller:
+    def __init__(
+        self, *, bot: Bot, ctx: AdapterContext, bot_id: str, ingest: Ingest,
+        prepare: Callable[[], Awaitable[None]], timeout: int, allowed_updates: list[str],
+    ) -> None:
+        self.bot, self.ctx, self.bot_id = bot, ctx, bot_id
+        self.ingest, self.prepare = ingest, prepare
+        self.timeout, self.allowed_updates = timeout, allowed_updates
+        self.leading = False
+        self.polls = 0
+        self.conflicts = 0
+        self.last_error: str | None = None
+        self._stopping = False
+        self._waiting = False  # inside the long poll: safe to cancel at once
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"telegram-poll-{self.bot_id}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        task = self._task
+        if task is None:
+            return
+        if not self._waiting:
+            # Let a batch being admitted finish; cancelling is safe too (nothing is
+            # confirmed before the next getUpdates), just wasteful.
+            await asyncio.wait({task}, timeout=STOP_GRACE)
+        task.cancel()
+        with suppress(BaseException):
+            await task
+
+    async def _run(self) -> None:
+        backoff = _Backoff(first=2.0, cap=30.0)
+        while not self._stopping:
+            try:
+                async with self.ctx.leadership(f"telegram:{self.bot_id}"):
+                    self.leading = True
+                    try:
+                        await self._lead()
+                    finally:
+                        self.leading = False
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._stopping or task is None:
+                    raise
+                # The connection holding our lock died: another instance may lead now.
+                task.uncancel()
+                log.warning("telegram bot %s: lost poller leadership; waiting to regain it", self.bot_id)
+            except TelegramAPIError as exc:  # getMe/deleteWebhook before polling: Telegram unreachable
+                self.last_error = f"{type(exc).__name__}: {exc.message}"
+                log.warning("telegram bot %s: cannot start polling (%s); retrying", self.bot_id, exc.message)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("telegram bot %s: poller failed; restarting", self.bot_id)
+            if not self._stopping:
+                await asyncio.sleep(backoff.next())
+
+    async def _lead(self) -> None:
+        await self.prepare()  # getMe, and drop a webhook left from webhook mode
+        offset = await self._load_offset()
+        backoff = _Backoff()
+        while not self._stopping:
+            try:
+                self._waiting = True
+                updates = await self.bot(
+                    GetUpdates(offset=offset, limit=100, timeout=self.timeout,
+                               allowed_updates=self.allowed_updates),
+                    request_timeout=self.timeout + 15,
+                )
+            except TelegramConflictError as exc:
+                self.conflicts += 1
+                self.last_error = f"409 Conflict: {exc.message}"
+                delay = backoff.next()
+                if self.conflicts == 1 or backoff.current >= backoff.cap:
+                    await self.ctx.audit("telegram_poll_conflict", {"error": exc.message, "bot_id": self.bot_id})
+                log.warning("telegram bot %s: %s; someone else polls this token, retrying in %.0fs",
+                            self.bot_id, exc.message, delay)
+                await asyncio.sleep(delay)
+                continue
+            except TelegramRetryAfter as exc:
+                self.last_error = f"429: retry after {exc.retry_after}s"
+                await asyncio.sleep(exc.retry_after)
+                continue
+            except TelegramUnauthorizedError as exc:
+                self.last_error = f"401 Unauthorized: {exc.message} (check the token)"
+                log.error("telegram bot %s: the token was rejected; retrying in 60s", self.bot_id)
+                await asyncio.sleep(60)
+                continue
+            except TelegramAPIError as exc:  # network trouble, 5xx
+                self.last_error = f"{type(exc).__name__}: {exc.message}"
+                delay = backoff.next()
+                log.warning("telegram bot %s: getUpdates failed (%s); retrying in %.1fs",
+                            self.bot_id, exc.message, delay)
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                self._waiting = False
+            self.polls += 1
+            backoff.reset()
+            if not updates:
+                continue
+            try:
+                for update in updates:
+                    raw = update.model_dump(mode="json", exclude_none=True, by_alias=True)
+                    await self.ingest(update, raw)
+                    offset = update.update_id + 1
+            except Exception as exc:
+                # Most likely the database: keep the rest unconfirmed and fetch it again.
+                self.last_error = f"admit failed: {type(exc).__name__}: {exc}"
+                log.warning("telegram bot %s: could not store update (%s); will retry", self.bot_id, exc)
+                await asyncio.sleep(backoff.next())
+            if offset is not None:
+                await self._save_offset(offset)
+
+    async def _load_offset(self) -> int | None:
+        saved = await self.ctx.get_state("poll_offset")
+        if not isinstance(saved, dict) or not isinstance(saved.get("offset"), int):
+            return None
+        if time.time() - float(saved.get("saved_at", 0)) > OFFSET_MAX_AGE:
+            return None
+        return int(saved["offset"])
+
+    async def _save_offset(self, offset: int) -> None:
+        # Only a shortcut for the next leader: Telegram itself keeps the confirmation.
+        try:
+            await self.ctx.set_state("poll_offset", {"offset": offset, "saved_at": time.time()})
+        except Exception as exc:
+            log.debug("could not save the poll offset: %s", exc)

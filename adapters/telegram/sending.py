@@ -1,0 +1,70 @@
+"""Outbound details: aiogram errors → the delivery worker's errors, rate-limit buckets."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+
+from gateway import (
+    DeliveryError,
+    OutcomeUnknown,
+    PermanentDeliveryError,
+    RateLimit,
+    RetryAfter,
+    TransientDeliveryError,
+)
+
+__all__ = ["delivery_error", "is_parse_error", "rate_limits_for"]
+
+#: Telegram's documented soft limits (https://core.telegram.org/bots/faq)
+PER_CHAT_INTERVAL = 1.0  # about one message per second in one chat
+PER_GROUP_INTERVAL, PER_GROUP_BURST = 3.0, 3  # 20 per minute in a group, short answers at once
+PER_BOT_INTERVAL, PER_BOT_BURST = 1 / 30, 30  # 30 per second for the whole bot
+
+
+def rate_limits_for(bot_id: str, chat_id: int) -> list[RateLimit]:
+    """Most specific first: on a 429 the delivery worker holds back the first bucket."""
+    limits = [RateLimit(f"telegram:{bot_id}:chat:{chat_id}", PER_CHAT_INTERVAL, 1)]
+    if chat_id < 0:  # groups, supergroups and channels have negative ids
+        limits.append(RateLimit(f"telegram:{bot_id}:group:{chat_id}", PER_GROUP_INTERVAL, PER_GROUP_BURST))
+    limits.append(RateLimit(f"telegram:{bot_id}:bot", PER_BOT_INTERVAL, PER_BOT_BURST))
+    return limits
+
+
+def is_parse_error(exc: BaseException) -> bool:
+    """Telegram refused our HTML ("Bad Request: can't parse entities: ...")."""
+    return isinstance(exc, TelegramBadRequest) and "can't parse entities" in exc.message.lower()
+
+
+def delivery_error(exc: BaseException) -> DeliveryError:
+    """How the delivery worker should treat a failed Bot API call."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, TelegramRetryAfter):  # aiogram never retries a 429 itself
+        return RetryAfter(exc.retry_after, text)
+    if isinstance(exc, TelegramEntityTooLarge):  # before NetworkError: it subclasses it
+        return PermanentDeliveryError(text)
+    if isinstance(exc, TelegramNetworkError):
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            return TransientDeliveryError(text)  # no connection: the request never left
+        return OutcomeUnknown(text)  # timeout or cut connection: Telegram may have posted it
+    if isinstance(exc, ClientDecodeError):  # an answer came but made no sense: posted or not?
+        return OutcomeUnknown(text)
+    if isinstance(exc, TelegramServerError):
+        return TransientDeliveryError(text)
+    if isinstance(exc, TelegramForbiddenError | TelegramNotFound | TelegramBadRequest):
+        # blocked by the user, kicked from the group, chat gone, a bad request: retrying cannot help
+        return PermanentDeliveryError(text)
+    if isinstance(exc, TelegramAPIError):  # 401 (token revoked), 409, others: maybe fixed later
+        return TransientDeliveryError(text)
+    return TransientDeliveryError(text)
