@@ -11,9 +11,11 @@ from .database import (
     start_embedded,
 )
 from .inbox import INBOX_CHANNEL, ClaimedTurn, InboxRepo, LostClaim
+from .memories import MemoryRepo
 from .notify import listen_forever
 from .outbox import OUTBOX_CHANNEL, OutboxItem, OutboxRepo, PendingChunk
 from .ratelimit import RateLimiter
+from .runs import RunsRepo
 from .state import StateRepo, leadership
 from .turns import TurnRecord, commit_turn
 
@@ -28,10 +30,12 @@ __all__ = [
     "DatabaseUnavailable",
     "InboxRepo",
     "LostClaim",
+    "MemoryRepo",
     "OutboxItem",
     "OutboxRepo",
     "PendingChunk",
     "RateLimiter",
+    "RunsRepo",
     "StateRepo",
     "Store",
     "TurnRecord",
@@ -56,3 +60,5 @@ class Store:
         self.audit = AuditRepo(db)
         self.rates = RateLimiter(db)
         self.state = StateRepo(db)
+        self.memories = MemoryRepo(db)
+        self.runs = RunsRepo(db)
