@@ -100,6 +100,21 @@ def admin_app(gw: Gateway) -> web.Application:
         )
         return _json({"conversations": rows})
 
+    async def runs(request: web.Request) -> web.Response:
+        """Agent run records, newest first, with totals overall, per agent and per model."""
+        filters = {k: request.query.get(q) for k, q in
+                   (("agent", "agent"), ("model", "model"), ("conversation_key", "conversation"))}
+        before = request.query.get("before")
+        if before is not None and not before.isdigit():
+            return _error(400, "before must be a run id")
+        rows = await gw.store.runs.recent(limit=_int_param(request, "limit", 100),
+                                          before=int(before) if before else None, **filters)
+        return _json({"runs": rows, "totals": await gw.store.runs.totals(**filters)})
+
+    async def reload(_: web.Request) -> web.Response:
+        result = await gw.reload()
+        return _json(result, 200 if result["ok"] else 422)
+
     async def send(request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -132,4 +147,6 @@ def admin_app(gw: Gateway) -> web.Application:
     app.router.add_get("/api/outbox/dead", dead)
     app.router.add_get("/api/conversations", conversations)
     app.router.add_post("/api/send", send)
+    app.router.add_get("/api/runs", runs)
+    app.router.add_post("/api/reload", reload)
     return app

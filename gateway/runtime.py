@@ -260,6 +260,51 @@ class Gateway:
     def delivery_channels(self) -> list[str]:
         return sorted({c for c, _a in self.adapters})
 
+    # -- agents: checked by `soulgate check`, reloaded without a restart --------------------------
+
+    def check_extra(self) -> list[str]:
+        """SOUL files and agent settings: bad YAML, unknown keys, unknown model aliases, skills
+        no plugin provides (each with file and line), agents that routes name but no file defines."""
+        from agents import check_config
+
+        return check_config(self.config, self.skills.tools)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read routes, ``[agents]``, ``[models]`` and the SOUL files (admin reload, SIGHUP).
+
+        A config file that no longer validates changes nothing; a broken SOUL file
+        keeps its previous version and is reported with file and line.
+        """
+        needs_restart: list[str] = []
+        reloaded = ["souls"]
+        if self.config.source is not None:
+            from .config import load_config
+
+            try:
+                fresh = await asyncio.to_thread(load_config, self.config.source)
+            except ConfigError as exc:
+                result: dict[str, Any] = {"ok": False, "reloaded": [], "problems": exc.problems}
+                log.error("reload rejected, nothing changed: %s", "; ".join(exc.problems))
+                with suppress(Exception):
+                    await self.services.audit("reload", result)
+                return result
+            live = ("routes", "agents", "models")
+            needs_restart = [k for k in type(fresh).model_fields
+                             if k not in (*live, "source", "base_dir") and getattr(fresh, k) != getattr(self.config, k)]
+            self.config = self.config.model_copy(update={k: getattr(fresh, k) for k in live})
+            reloaded[:0] = live
+        problems: list[str] = []
+        reload_agents = getattr(self.responder[1], "reload", None)
+        if reload_agents is not None:
+            problems.extend(await reload_agents(self.services))
+        result = {"ok": not problems, "reloaded": reloaded,
+                  "problems": problems, "needs_restart": needs_restart}
+        log.info("reloaded (problems: %d%s)", len(problems),
+                 f"; restart needed for {', '.join(needs_restart)}" if needs_restart else "")
+        with suppress(Exception):
+            await self.services.audit("reload", result)
+        return result
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -451,5 +496,6 @@ class Gateway:
             ],
             "queues": {"inbox": inbox, "outbox": outbox},
             "responder": self.responder[0],
+            "agents": getattr(self.responder[1], "describe", list)(),
             "plugins": [p.to_json() for p in self.plugins.plugins()],
         }

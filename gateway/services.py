@@ -24,6 +24,7 @@ class Services:
     def __init__(self, gateway: Gateway) -> None:
         self._gw = gateway
         self.started_monotonic = time.monotonic()
+        self._provided: dict[str, Any] = {}
 
     @property
     def instance_id(self) -> str:
@@ -51,6 +52,15 @@ class Services:
 
     def plugin_config(self, name: str) -> Any:
         return self._gw.plugin_configs.get(name)
+
+    def provide(self, name: str, obj: Any) -> None:
+        """Share an object with other plugins under ``name`` (e.g. the agents plugin's
+        long-term ``"memory"``, used by the bundled memory skill)."""
+        self._provided[name] = obj
+
+    def provided(self, name: str) -> Any:
+        """What a plugin shared under ``name`` with :meth:`provide`, or None."""
+        return self._provided.get(name)
 
     async def status(self) -> dict[str, Any]:
         return await self._gw.status()

@@ -1,4 +1,4 @@
-"""Built-in commands: /help, /status, /reset."""
+"""Built-in commands: /help, /status, /reset, /usage."""
 
 from __future__ import annotations
 
@@ -35,6 +35,22 @@ async def _status(ctx: CommandContext) -> str:
     ])
 
 
+async def _usage(ctx: CommandContext) -> str:
+    t = (await ctx.services.store.runs.totals(conversation_key=ctx.envelope.conversation_key))["all"]
+    if not t["calls"]:
+        return "No language model has been used in this conversation yet."
+    cost = f"${t['cost_usd']:.4f}" if t["cost_usd"] is not None else "unknown"
+    if t["cost_usd"] is not None and t["calls_without_cost"]:
+        cost += f" (+ {t['calls_without_cost']} calls to models without known prices)"
+    failed = f", {t['failures']} failed" if t["failures"] else ""
+    return "\n".join([
+        "**Usage in this conversation**",
+        f"- LLM calls: {t['calls']}{failed}",
+        f"- tokens: {t['input_tokens']} in, {t['output_tokens']} out",
+        f"- cost: {cost}",
+    ])
+
+
 async def _reset(ctx: CommandContext) -> str:
     n = await ctx.services.forget_history(ctx.envelope.conversation_key)
     return f"Forgot this conversation's history ({n} messages)."
@@ -46,4 +62,5 @@ def soulgate_skills() -> list[Skill]:
         Command("help", "list the commands", _help),
         Command("status", "uptime, channels and queue depths", _status),
         Command("reset", "forget this conversation's history", _reset),
+        Command("usage", "tokens and cost of this conversation's LLM calls", _usage),
     ]
