@@ -15,6 +15,7 @@ from gateway import (
     Adapter,
     AdapterContext,
     AdmitResult,
+    Attachment,
     RateLimit,
     Reply,
     ReplyAddress,
@@ -22,6 +23,7 @@ from gateway import (
 )
 
 from .config import SlackConfig
+from .files import download_attachment
 from .http import EventsEndpoint
 from .inbound import CHANNEL, Identity, Ignored, parse_event
 from .outbound import SlackOutbound, make_client, render_chunks
@@ -157,6 +159,9 @@ class SlackAdapter(Adapter):
 
     async def typing(self, address: ReplyAddress) -> None:
         await self.outbound.react(address)
+
+    async def fetch_attachment(self, attachment: Attachment, *, max_bytes: int | None = None) -> bytes:
+        return await download_attachment(self.config, attachment, max_bytes)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {

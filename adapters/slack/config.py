@@ -63,6 +63,10 @@ class SlackConfig(BaseModel):
     post_interval_seconds: float = Field(default=1.0, ge=0.0, le=60.0)
     #: the bot's user id; normally learnt from ``auth.test`` at start
     bot_user_id: str | None = None
+    #: hosts the bot token may be sent to when a plugin downloads an inbound file
+    file_hosts: list[str] = Field(default_factory=lambda: ["files.slack.com"])
+    #: largest inbound file a plugin may download, in bytes
+    max_download_bytes: int = Field(default=20_000_000, ge=1)
 
     @field_validator("bot_token")
     @classmethod

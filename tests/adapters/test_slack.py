@@ -16,12 +16,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from adapters.slack import SlackConfig
 from adapters.slack.inbound import Identity, Ignored, Parsed, parse_event, plain_text
 from adapters.slack.mrkdwn import to_mrkdwn
 from adapters.slack.outbound import render_chunks
-from gateway import ConfigError, Envelope, Reply, Turn, TurnResult, hookimpl
+from gateway import Attachment, ConfigError, Envelope, Reply, Turn, TurnResult, hookimpl
 from gateway.runtime import Gateway
 from gateway.testing import GatewayHarness, running_gateway, test_config
 from tests.fakes import slack as slack_fakes
@@ -401,6 +402,65 @@ async def test_several_workspaces_at_once(soulgate_database_url: str) -> None:
             assert adapters["broken"]["auth_error"] == "invalid_auth"
             assert adapters["main"]["bot_user_id"] == "U0BOT" and "auth_error" not in adapters["main"]
             assert await h.gateway.store.audit.recent(kind="slack_auth_failed")
+
+
+@asynccontextmanager
+async def file_server(token: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """Serves Slack-like private files: only with the bot token; redirects to a login page otherwise."""
+    seen: list[str] = []
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path)
+        if request.headers.get("Authorization") != f"Bearer {token}":
+            raise web.HTTPFound("/login")
+        if request.path.endswith("/redirect"):
+            raise web.HTTPFound("/login")
+        return web.Response(body=b"%PDF-" + b"x" * 95, content_type="application/pdf")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_plugins_download_inbound_files_with_the_bot_token(
+    soulgate_database_url: str, fake_slack: FakeSlack
+) -> None:
+    async def describe(turn: Turn) -> TurnResult:
+        [segment] = [s for s in turn.envelope.segments if s.kind == "attachment"]
+        assert segment.attachment is not None
+        data = await turn.services.fetch_attachment(turn.envelope, segment.attachment)
+        return TurnResult(replies=[Reply(text=f"{segment.value}: {len(data)} bytes, {data[:5].decode()}")])
+
+    async with file_server(fake_slack.workspace.token) as (base, seen):
+        cfg = account(fake_slack, file_hosts=["127.0.0.1"], max_download_bytes=1000)
+        async with slack_gateway(soulgate_database_url, {"main": cfg}, Recorder(describe)) as h:
+            files = [{"id": "F1", "name": "plan.pdf", "mimetype": "application/pdf", "size": 100,
+                      "url_private": f"{base}/files-pri/T0-F1/plan.pdf"}]
+            assert await post(h, message_event("", channel="D0DM", files=files)) == 200
+            reply = (await fake_slack.wait_for_posts("D0DM"))[0]
+            assert reply.text == "plan.pdf: 100 bytes, %PDF-"
+
+            adapter = h.gateway.adapters[("slack", "main")]
+            refused = {
+                "other host": Attachment("a", ref=base.replace("127.0.0.1", "localhost") + "/files-pri/x"),
+                "no url": Attachment("b", ref=None),
+                "redirect": Attachment("c", ref=f"{base}/files-pri/redirect"),
+                "declared too big": Attachment("d", size=5000, ref=f"{base}/files-pri/d"),
+            }
+            for attachment in refused.values():
+                with pytest.raises(ValueError):
+                    await adapter.fetch_attachment(attachment)
+            with pytest.raises(ValueError, match="cap"):  # the body outgrows the caller's cap
+                await adapter.fetch_attachment(Attachment("e", ref=f"{base}/files-pri/e"), max_bytes=50)
+            assert seen == ["/files-pri/T0-F1/plan.pdf", "/files-pri/redirect", "/files-pri/e"]
 
 
 # -- Socket Mode ------------------------------------------------------------------------------
