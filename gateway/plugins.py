@@ -45,6 +45,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "adapters.telegram",
     "adapters.teams",
     "plugins.core",
+    "plugins.time",
+    "plugins.fetch_url",
     "plugins.memory",
     "agents.soul_agents",
     "plugins.default_route",

@@ -1,4 +1,4 @@
-"""Built-in commands: /help, /status, /reset, /usage."""
+"""Built-in commands: /help, /status, /reset, /usage, /whoami."""
 
 from __future__ import annotations
 
@@ -56,11 +56,33 @@ async def _reset(ctx: CommandContext) -> str:
     return f"Forgot this conversation's history ({n} messages)."
 
 
+def _md(text: str) -> str:
+    # Names come from the platform user: keep their Markdown from formatting the answer.
+    return "".join("\\" + c if c in "\\`*_[]<>#|~" else c for c in text)
+
+
+async def _whoami(ctx: CommandContext) -> str:
+    env = ctx.envelope
+    who = _md(env.sender.display_name or env.sender.id)
+    if env.sender.handle and env.sender.handle != env.sender.display_name:
+        who += f" (@{_md(env.sender.handle)})"
+    conv = env.conversation
+    where = f"`{conv.id}` ({conv.kind}{', ' + _md(conv.title) if conv.title else ''})"
+    lines = [
+        f"**You are** {who}, id `{env.sender.id}`",
+        f"- channel: {env.channel}, account `{env.account}`",
+        f"- conversation: {where}" + (f", thread `{env.thread}`" if env.thread else ""),
+        f"- conversation key: `{env.conversation_key}`",
+    ]
+    return "\n".join(lines)
+
+
 @hookimpl
 def soulgate_skills() -> list[Skill]:
     return [
         Command("help", "list the commands", _help),
         Command("status", "uptime, channels and queue depths", _status),
         Command("reset", "forget this conversation's history", _reset),
+        Command("whoami", "who and where the gateway thinks you are", _whoami),
         Command("usage", "tokens and cost of this conversation's LLM calls", _usage),
     ]
