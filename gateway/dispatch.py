@@ -118,7 +118,7 @@ class Dispatcher:
             record.audit.append(("inbound_dropped", dropped_by, {"external_id": env.external_id}))
             return record
         if isinstance(filtered, Envelope):
-            env = filtered
+            env = record.envelope = filtered
 
         command = parse_command(env.text)
         if command is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.envelope import Envelope
+
 from .audit import AuditRepo
 from .conversations import ConversationRepo
 from .database import Database
@@ -24,11 +26,13 @@ class TurnRecord:
     runs: list[dict[str, Any]] = field(default_factory=list)
     status: str = "done"
     error: str | None = None
+    #: the envelope as inbound filters left it (history and the conversation go under its key)
+    envelope: Envelope | None = None
 
 
 async def commit_turn(db: Database, claim: ClaimedTurn, record: TurnRecord, *, ttl_seconds: float) -> None:
     """Store the turn's outcome; raises ``LostClaim`` (and writes nothing) if the lease was lost."""
-    env = claim.envelope
+    env = record.envelope or claim.envelope
     key = env.conversation_key
     async with db.transaction() as conn:
         await InboxRepo.complete(conn, claim, status=record.status, error=record.error)

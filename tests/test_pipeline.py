@@ -324,3 +324,21 @@ async def test_rate_limit_buckets_are_shared_and_space_sends(soulgate_database_u
         assert burst[:3] == [0, 0, 0] and burst[3] > 0.9
         await rates.penalize("chat:2", 5)
         assert await rates.reserve([("chat:2", 0.1, 1)]) > 4.5
+
+
+async def test_history_follows_the_envelope_an_inbound_filter_changed(soulgate_database_url: str) -> None:
+    @hookimpl
+    def soulgate_inbound(envelope: Any) -> Any:
+        return envelope.evolve(thread="moved")  # e.g. a route that answers in a thread
+
+    seen: list[int] = []
+
+    async def count_history(turn: Turn) -> TurnResult:
+        seen.append(len(turn.history))
+        return TurnResult(replies=[Reply(text="ok")])
+
+    plugins = [("count", responder_plugin(count_history)), ("mover", types.SimpleNamespace(soulgate_inbound=soulgate_inbound))]
+    async with running_gateway(soulgate_database_url, plugins=plugins) as h:
+        await h.ask("one")
+        await h.ask("two")
+    assert seen == [0, 2]
