@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+import aiohttp
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
@@ -28,7 +29,7 @@ from .config import TelegramConfig
 from .normalize import BotIdentity, message_of, normalize
 from .polling import Poller
 from .render import render_chunks
-from .sending import delivery_error, is_parse_error, rate_limits_for
+from .sending import delivery_error, is_parse_error, rate_limits_for, scrubber
 from .webhook import WebhookReceiver, derive_secret
 
 __all__ = ["TelegramAdapter"]
@@ -47,6 +48,7 @@ class TelegramAdapter(Adapter):
         self.delivery_policy = config.delivery_policy
         session = AiohttpSession(api=TelegramAPIServer.from_base(config.api_base), timeout=config.request_timeout)
         self.bot = Bot(token=config.token.get_secret_value(), session=session)
+        self._scrub = scrubber(config.token.get_secret_value())
         self.webhook_path = config.webhook_path or f"/telegram/{account}"
         self._ctx: AdapterContext | None = None
         self._me: BotIdentity | None = None
@@ -84,7 +86,7 @@ class TelegramAdapter(Adapter):
             self._poller = Poller(
                 bot=self.bot, ctx=ctx, bot_id=self.config.bot_id, ingest=self.ingest,
                 prepare=self._prepare_polling, timeout=self.config.poll_timeout,
-                allowed_updates=self.allowed_updates,
+                allowed_updates=self.allowed_updates, scrub=self._scrub,
             )
             self._poller.start()
 
@@ -129,7 +131,7 @@ class TelegramAdapter(Adapter):
                 return
             except TelegramAPIError as exc:
                 log.warning("telegram %s: setWebhook failed (%s); retrying in %.0fs",
-                            self.account, exc.message, delay)
+                            self.account, self._scrub(exc.message), delay)
                 await asyncio.sleep(delay)
                 delay = min(60.0, delay * 2)
 
@@ -153,8 +155,10 @@ class TelegramAdapter(Adapter):
             return
         if edited and self.config.edited_messages == "ignore":
             return
-        if msg.from_user is not None and msg.from_user.is_bot:
-            return  # other bots (and our own echoes) never start a turn: no bot loops
+        if msg.from_user is not None and msg.from_user.is_bot and msg.sender_chat is None:
+            # Other bots never start a turn: no bot loops. (Anonymous admins and channels
+            # speaking in a group come as a bot *with* sender_chat; those are people.)
+            return
         if not self._allowed(msg):
             await self._ctx.audit("telegram_ignored", {
                 "reason": "not on the allow-list", "update_id": update.update_id,
@@ -243,7 +247,7 @@ class TelegramAdapter(Adapter):
                 chat = exc.migrate_to_chat_id
                 message = await self._post(chat, address, reply)
         except TelegramAPIError as exc:
-            raise delivery_error(exc) from exc
+            raise delivery_error(exc, self._scrub) from exc
         finally:
             self._sending -= 1
         return SendResult(platform_message_id=str(message.message_id), extra={"chat_id": chat})
@@ -304,17 +308,23 @@ class TelegramAdapter(Adapter):
         try:
             info = await self.bot.get_file(file_id)
         except TelegramBadRequest as exc:
-            raise ValueError(f"Telegram cannot give this file: {exc.message}") from exc
+            raise ValueError(f"Telegram cannot give this file: {exc.message}") from None
         if info.file_size is not None and info.file_size > cap:
             raise ValueError(f"the file is {info.file_size} bytes; the cap is {cap}")
         if not info.file_path:
             raise ValueError("Telegram gave no download path for this file")
         url = self.bot.session.api.file_url(self.bot.token, info.file_path)
         buf = bytearray()
-        async for piece in self.bot.session.stream_content(url, timeout=self.config.request_timeout):
-            buf += piece
-            if len(buf) > cap:  # the size Telegram reported may be missing or wrong
-                raise ValueError(f"the file is larger than the cap of {cap} bytes")
+        try:
+            async for piece in self.bot.session.stream_content(url, timeout=self.config.request_timeout):
+                buf += piece
+                if len(buf) > cap:  # the size Telegram reported may be missing or wrong
+                    raise ValueError(f"the file is larger than the cap of {cap} bytes")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # not `from exc`: aiohttp's message names the URL, and the URL holds the token
+            status = getattr(exc, "status", None)
+            raise ConnectionError(f"download failed: {type(exc).__name__}"
+                                  + (f" (HTTP {status})" if status else "")) from None
         return bytes(buf)
 
     # -- status -------------------------------------------------------------------------

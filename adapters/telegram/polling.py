@@ -62,16 +62,19 @@ class Poller:
     def __init__(
         self, *, bot: Bot, ctx: AdapterContext, bot_id: str, ingest: Ingest,
         prepare: Callable[[], Awaitable[None]], timeout: int, allowed_updates: list[str],
+        scrub: Callable[[str], str] = str,
     ) -> None:
         self.bot, self.ctx, self.bot_id = bot, ctx, bot_id
         self.ingest, self.prepare = ingest, prepare
         self.timeout, self.allowed_updates = timeout, allowed_updates
+        self.scrub = scrub  # error texts may quote a URL, and a Bot API URL holds the token
         self.leading = False
         self.polls = 0
         self.conflicts = 0
         self.last_error: str | None = None
         self._stopping = False
-        self._waiting = False  # inside the long poll: safe to cancel at once
+        self._admitting = False  # storing a batch: let it finish before stopping
+        self._in_conflict = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -82,8 +85,8 @@ class Poller:
         task = self._task
         if task is None:
             return
-        if not self._waiting:
-            # Let a batch being admitted finish; cancelling is safe too (nothing is
+        if self._admitting:
+            # Let the batch being stored finish; cancelling is safe too (nothing is
             # confirmed before the next getUpdates), just wasteful.
             await asyncio.wait({task}, timeout=STOP_GRACE)
         task.cancel()
@@ -108,11 +111,11 @@ class Poller:
                 task.uncancel()
                 log.warning("telegram bot %s: lost poller leadership; waiting to regain it", self.bot_id)
             except TelegramAPIError as exc:  # getMe/deleteWebhook before polling: Telegram unreachable
-                self.last_error = f"{type(exc).__name__}: {exc.message}"
-                log.warning("telegram bot %s: cannot start polling (%s); retrying", self.bot_id, exc.message)
+                self.last_error = self.scrub(f"{type(exc).__name__}: {exc.message}")
+                log.warning("telegram bot %s: cannot start polling (%s); retrying", self.bot_id, self.last_error)
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("telegram bot %s: poller failed; restarting", self.bot_id)
+                self.last_error = self.scrub(f"{type(exc).__name__}: {exc}")
+                log.error("telegram bot %s: poller failed (%s); restarting", self.bot_id, self.last_error)
             if not self._stopping:
                 await asyncio.sleep(backoff.next())
 
@@ -122,7 +125,6 @@ class Poller:
         backoff = _Backoff()
         while not self._stopping:
             try:
-                self._waiting = True
                 updates = await self.bot(
                     GetUpdates(offset=offset, limit=100, timeout=self.timeout,
                                allowed_updates=self.allowed_updates),
@@ -132,7 +134,8 @@ class Poller:
                 self.conflicts += 1
                 self.last_error = f"409 Conflict: {exc.message}"
                 delay = backoff.next()
-                if self.conflicts == 1 or backoff.current >= backoff.cap:
+                if not self._in_conflict:  # one audit row per episode, not per retry
+                    self._in_conflict = True
                     await self.ctx.audit("telegram_poll_conflict", {"error": exc.message, "bot_id": self.bot_id})
                 log.warning("telegram bot %s: %s; someone else polls this token, retrying in %.0fs",
                             self.bot_id, exc.message, delay)
@@ -148,18 +151,18 @@ class Poller:
                 await asyncio.sleep(60)
                 continue
             except TelegramAPIError as exc:  # network trouble, 5xx
-                self.last_error = f"{type(exc).__name__}: {exc.message}"
+                self.last_error = self.scrub(f"{type(exc).__name__}: {exc.message}")
                 delay = backoff.next()
                 log.warning("telegram bot %s: getUpdates failed (%s); retrying in %.1fs",
-                            self.bot_id, exc.message, delay)
+                            self.bot_id, self.last_error, delay)
                 await asyncio.sleep(delay)
                 continue
-            finally:
-                self._waiting = False
             self.polls += 1
+            self._in_conflict = False
             backoff.reset()
             if not updates:
                 continue
+            self._admitting = True
             try:
                 for update in updates:
                     raw = update.model_dump(mode="json", exclude_none=True, by_alias=True)
@@ -167,9 +170,12 @@ class Poller:
                     offset = update.update_id + 1
             except Exception as exc:
                 # Most likely the database: keep the rest unconfirmed and fetch it again.
-                self.last_error = f"admit failed: {type(exc).__name__}: {exc}"
-                log.warning("telegram bot %s: could not store update (%s); will retry", self.bot_id, exc)
+                self.last_error = self.scrub(f"admit failed: {type(exc).__name__}: {exc}")
+                log.warning("telegram bot %s: could not store an update (%s); will retry",
+                            self.bot_id, self.last_error)
                 await asyncio.sleep(backoff.next())
+            finally:
+                self._admitting = False
             if offset is not None:
                 await self._save_offset(offset)
 

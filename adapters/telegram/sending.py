@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import aiohttp
 from aiogram.exceptions import (
     ClientDecodeError,
@@ -24,7 +26,7 @@ from gateway import (
     TransientDeliveryError,
 )
 
-__all__ = ["delivery_error", "is_parse_error", "rate_limits_for"]
+__all__ = ["delivery_error", "is_parse_error", "rate_limits_for", "scrubber"]
 
 #: Telegram's documented soft limits (https://core.telegram.org/bots/faq)
 PER_CHAT_INTERVAL = 1.0  # about one message per second in one chat
@@ -46,9 +48,16 @@ def is_parse_error(exc: BaseException) -> bool:
     return isinstance(exc, TelegramBadRequest) and "can't parse entities" in exc.message.lower()
 
 
-def delivery_error(exc: BaseException) -> DeliveryError:
+def scrubber(token: str) -> Callable[[str], str]:
+    """Hide the token in error texts: Bot API URLs contain it, and errors end up in logs and audit."""
+    def scrub(text: str) -> str:
+        return text.replace(token, "<token>")
+    return scrub
+
+
+def delivery_error(exc: BaseException, scrub: Callable[[str], str] = str) -> DeliveryError:
     """How the delivery worker should treat a failed Bot API call."""
-    text = f"{type(exc).__name__}: {exc}"
+    text = scrub(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, TelegramRetryAfter):  # aiogram never retries a 429 itself
         return RetryAfter(exc.retry_after, text)
     if isinstance(exc, TelegramEntityTooLarge):  # before NetworkError: it subclasses it

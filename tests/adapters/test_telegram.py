@@ -7,11 +7,12 @@ import asyncio
 import socket
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import aiohttp
 import pytest
+from aiogram.exceptions import TelegramConflictError
 
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.webhook import SECRET_HEADER, derive_secret
@@ -98,7 +99,7 @@ async def test_private_message_answered_with_typing(
     soulgate_database_url: str, fake_telegram: FakeTelegram
 ) -> None:
     async def slow(turn: Turn) -> TurnResult:
-        await asyncio.sleep(1.0)  # long enough for the "typing…" hint
+        await asyncio.sleep(0.8)  # long enough for the "typing…" hint
         return TurnResult(replies=[Reply(text=f"echo: {turn.envelope.text}")])
 
     recorder = Recorder(slow)
@@ -128,6 +129,8 @@ async def test_group_answered_only_when_addressed_as_a_reply(
         fake_telegram.push_group_text("just chatting among humans")
         fake_telegram.push_group_text("@someone_else look at this")
         fake_telegram.push_group_text("/help@other_bot")  # another bot's command: not ours
+        other_bot = fake_telegram.user(999, "Spam_bot", is_bot=True)
+        fake_telegram.push_group_text("@soulgate_bot hello fellow bot", from_user=other_bot)  # no loops
         asked = fake_telegram.push_group_text("@soulgate_bot what time is it?")
         [first] = await fake_telegram.wait_for_messages(GROUP, 1)
         assert first.text == "echo: what time is it?"  # our mention is gone from the text
@@ -141,13 +144,20 @@ async def test_group_answered_only_when_addressed_as_a_reply(
         fake_telegram.push_group_text("/help@soulgate_bot")
         third = (await fake_telegram.wait_for_messages(GROUP, 3))[2]
         assert "/help" in (third.message.get("text") or "")
+        # an anonymous admin speaks through a bot account, on behalf of the group: a person
+        anonymous = fake_telegram.user(1087968824, "GroupAnonymousBot", is_bot=True)
+        fake_telegram.push_group_text("@soulgate_bot from the admins", from_user=anonymous,
+                                      sender_chat=fake_telegram.chat(GROUP))
+        await fake_telegram.wait_for_messages(GROUP, 4)
         await h.idle()
-        assert len(fake_telegram.sent) == 3
-        assert [t.envelope.text for t in recorder.turns] == ["what time is it?", "and tomorrow?"]
+        assert len(fake_telegram.sent) == 4
+        assert [t.envelope.text for t in recorder.turns] == [
+            "what time is it?", "and tomorrow?", "from the admins"]
+        assert recorder.turns[2].envelope.sender.id == str(GROUP)
         assert recorder.turns[1].envelope.segments[0].kind == "quote"  # what was replied to
         stored = {e.text: e for e in await inbox_envelopes(h)}  # the group chatter is kept
         assert set(stored) == {"just chatting among humans", "@someone_else look at this",
-                               "what time is it?", "and tomorrow?", "/help"}
+                               "what time is it?", "and tomorrow?", "/help", "from the admins"}
         assert not stored["just chatting among humans"].addressed
         mention = stored["@someone_else look at this"]
         assert not mention.addressed and mention.segments[0].value == "someone_else"
@@ -195,13 +205,15 @@ async def test_media_as_attachments_downloaded_on_demand(
 
     async with telegram_gateway(soulgate_database_url, fake_telegram, Recorder(describe),
                                 max_download_bytes=64) as h:
-        fake_telegram.push_media("photo", b"x" * 10, caption="look at this")
-        fake_telegram.push_media("voice", b"v" * 20)
-        fake_telegram.push_media("document", b"d" * 100)  # over the 64-byte cap
-        sent = await fake_telegram.wait_for_messages(1001, 3)
-        assert sent[0].message["text"] == "look at this | photo image/jpeg 10 10 bytes"
-        assert sent[1].message["text"].endswith("voice audio/ogg 20 20 bytes")
-        assert "document application/octet-stream 100 refused" in sent[2].message["text"]
+        fake_telegram.push_media("photo", b"x" * 10, caption="look at this", chat_id=1001)
+        fake_telegram.push_media("voice", b"v" * 20, chat_id=1002)
+        fake_telegram.push_media("document", b"d" * 100, chat_id=1003)  # over the 64-byte cap
+        [photo] = await fake_telegram.wait_for_messages(1001, 1)
+        assert photo.message["text"] == "look at this | photo image/jpeg 10 10 bytes"
+        [voice] = await fake_telegram.wait_for_messages(1002, 1)
+        assert voice.message["text"].endswith("voice audio/ogg 20 20 bytes")
+        [document] = await fake_telegram.wait_for_messages(1003, 1)
+        assert "document application/octet-stream 100 refused" in document.message["text"]
         await h.idle()
 
 
@@ -446,7 +458,8 @@ async def test_conflict_409_means_someone_else_polls(
         await fake_telegram.wait_until_polling()
         # another program long-polls the same token: Telegram ends our poll with 409
         intruder = fake_telegram.make_bot()
-        await intruder.get_updates(timeout=1)
+        with suppress(TelegramConflictError):  # when we poll again, the intruder gets the 409
+            await intruder.get_updates(timeout=1)
         await eventually(lambda: adapter.status()["conflicts"] >= 1)
         assert POLL_CONFLICT in str(adapter.status()["last_error"])
         fake_telegram.push_private_text("after the fight")
