@@ -22,6 +22,7 @@ import concurrent.futures
 import importlib.util
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,7 @@ _REASON_TEXT = {
     "error": "failed",
 }
 DEFAULT_TIMEOUT = 60.0
+_MISSING_KEY = re.compile(r"missing (\w+ )?(credentials|api[ _-]?key)|api_key client option must be set", re.I)
 
 # -- the lazy, offline import ---------------------------------------------------------------
 
@@ -89,6 +91,10 @@ def _import_litellm() -> ModuleType:
                  "_async_success_callback", "_async_failure_callback"):
         if isinstance(getattr(litellm, name, None), list):
             getattr(litellm, name).clear()
+    # Retries belong to the Router (num_retries, honouring Retry-After), never also to the SDK
+    # below it. `max_retries=0` alone is not enough: the OpenAI embedding path reads it as
+    # "unset" (`max_retries or DEFAULT_MAX_RETRIES`) and retries twice anyway.
+    litellm.DEFAULT_MAX_RETRIES = 0
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # we log every failure ourselves
     return litellm
@@ -196,6 +202,8 @@ def classify_error(exc: BaseException, litellm: ModuleType | None = None) -> str
     """A reason code for a failed call; :data:`RETRYABLE` ones move on to the next model."""
     if isinstance(exc, TimeoutError):
         return "timeout"
+    if _MISSING_KEY.search(str(exc)):
+        return "not_configured"  # found before any request left: the next model may well work
     lit = litellm
     status = getattr(exc, "status_code", None)
     if lit is not None:
@@ -247,6 +255,8 @@ class LLM:
         #: litellm model strings named directly in SOUL files (credentials from the provider's env vars)
         self.extra_models = sorted({m for m in extra_models if m not in self.models})
         self._router: Any = None
+        #: deployments litellm refused to set up (e.g. missing credentials), with its reason
+        self.broken: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._priced: dict[str, bool] = {}
         # litellm imports its MCP gateway for every call with tools, which needs the optional
@@ -259,7 +269,11 @@ class LLM:
         return (tuple(sorted(self.models.items())), tuple(self.extra_models))
 
     def knows(self, name: str) -> bool:
-        return name in self.models or name in self.extra_models
+        return (name in self.models or name in self.extra_models) and name not in self.broken
+
+    def _unknown(self, name: str, kind: str = "chat") -> Attempt:
+        return Attempt(name, False, 0.0, "not_configured",
+                       self.broken.get(name) or f"no model named {name!r}", kind=kind)
 
     def _deployment(self, name: str) -> dict[str, Any]:
         cfg = self.models.get(name)
@@ -272,6 +286,11 @@ class LLM:
             params["api_base"] = cfg.api_base
         if cfg.api_key is not None and cfg.api_key.get_secret_value():
             params["api_key"] = cfg.api_key.get_secret_value()
+        elif cfg.api_base and cfg.model.startswith("openai/"):
+            # An OpenAI-compatible server of the operator's (vLLM, llama.cpp, LM Studio...) often
+            # needs no key; without one the OpenAI client would pick up $OPENAI_API_KEY and send
+            # the real OpenAI key to that server, or refuse to start when it is unset.
+            params["api_key"] = "no-key"
         return {"model_name": name, "litellm_params": params}
 
     async def router(self) -> Any:
@@ -281,10 +300,27 @@ class LLM:
                     litellm = await load_litellm()
                     model_list = [self._deployment(n) for n in [*self.models, *self.extra_models]]
 
-                    def build() -> Any:
+                    def make(deployments: list[dict[str, Any]]) -> Any:
                         # disable_cooldowns: one user's 429 must not bench a model for everyone;
                         # the chain below moves on by itself.
-                        return litellm.Router(model_list=model_list, num_retries=0, disable_cooldowns=True)
+                        return litellm.Router(model_list=deployments, num_retries=0, disable_cooldowns=True)
+
+                    def build() -> Any:
+                        try:
+                            return make(model_list)
+                        except Exception:
+                            pass
+                        # The Router sets up every client at once, so one model with missing
+                        # credentials would take all of them down: find it and leave it out.
+                        good = []
+                        for deployment in model_list:
+                            try:
+                                make([deployment]).discard()
+                                good.append(deployment)
+                            except Exception as exc:
+                                self.broken[deployment["model_name"]] = _short(exc)
+                                log.error("model %s cannot be used: %s", deployment["model_name"], _short(exc))
+                        return make(good)
 
                     self._router = await asyncio.to_thread(build)
         return self._router
@@ -330,7 +366,7 @@ class LLM:
         attempts: list[Attempt] = []
         for name in chain:
             if not self.knows(name):
-                attempts.append(Attempt(name, False, 0.0, "not_configured", f"no model named {name!r}"))
+                attempts.append(self._unknown(name))
                 continue
             timeout, retries = self._timing(name)
             kwargs: dict[str, Any] = {"model": name, "messages": messages, "timeout": timeout,
@@ -383,8 +419,7 @@ class LLM:
         litellm = await load_litellm()
         router = await self.router()
         if not self.knows(name):
-            raise LLMUnavailable([Attempt(name, False, 0.0, "not_configured", f"no model named {name!r}",
-                                          kind="embedding")])
+            raise LLMUnavailable([self._unknown(name, "embedding")])
         timeout, retries = self._timing(name)
         started = time.perf_counter()
         try:

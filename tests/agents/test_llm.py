@@ -1,0 +1,171 @@
+"""agents.llm through litellm itself against the fake server: fallbacks, errors, accounting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agents.llm import LLM, LLMUnavailable, runs_from_attempts
+from gateway.config import ModelConfig
+from storage import RUN_FIELDS
+from tests.fakes.llm import FakeLLM, Fault
+
+REPO = Path(__file__).resolve().parents[2]
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def _models(fake: FakeLLM, **overrides: dict[str, object]) -> dict[str, ModelConfig]:
+    out = {}
+    for alias in ("primary", "backup"):
+        raw = {"model": f"openai/m-{alias}", "api_base": fake.api_base, "api_key": "sk-test", "timeout": 1.0,
+               **overrides.get(alias, {})}
+        out[alias] = ModelConfig.model_validate(raw)
+    return out
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    (Fault.rate_limit(retry_after=0), "rate_limited"),
+    (Fault.server_error(), "server_error"),
+    (Fault.unavailable(), "server_error"),
+    (Fault.hang(5), "timeout"),
+    (Fault.disconnect(), "connection_error"),
+])
+async def test_retryable_failures_fall_back(fake_llm: FakeLLM, fault: Fault, reason: str) -> None:
+    llm = LLM(_models(fake_llm))
+    fake_llm.enqueue("m-primary", fault)
+    fake_llm.enqueue("m-backup", "from backup")
+    try:
+        done = await llm.complete(["primary", "backup"], MESSAGES)
+    finally:
+        llm.close()
+    assert (done.content, done.model) == ("from backup", "backup")
+    failed, ok = done.attempts
+    assert (failed.model, failed.ok, failed.reason) == ("primary", False, reason)
+    assert ok.ok and ok.input_tokens and ok.output_tokens == 2
+    assert len(fake_llm.requests_for("m-primary")) == 1
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    (Fault.auth_error(), "auth_error"),
+    (Fault.bad_request(), "bad_request"),
+    (Fault.context_window(), "context_window"),
+])
+async def test_errors_another_try_cannot_fix_stop_the_chain(fake_llm: FakeLLM, fault: Fault, reason: str) -> None:
+    llm = LLM(_models(fake_llm, primary={"max_retries": 2}))
+    fake_llm.fail("m-primary", fault)
+    with pytest.raises(LLMUnavailable) as info:
+        await llm.complete(["primary", "backup"], MESSAGES)
+    llm.close()
+    assert [(a.model, a.reason) for a in info.value.attempts] == [("primary", reason)]
+    assert not info.value.retryable
+    assert len(fake_llm.requests_for("m-primary")) == 1  # no retry loop, even with max_retries
+    assert fake_llm.requests_for("m-backup") == []
+
+
+async def test_retries_within_a_model_honour_max_retries(fake_llm: FakeLLM) -> None:
+    llm = LLM(_models(fake_llm, primary={"max_retries": 1}))
+    fake_llm.enqueue("m-primary", Fault.rate_limit(retry_after=0), "second try")
+    done = await llm.complete(["primary", "backup"], MESSAGES)
+    llm.close()
+    assert done.content == "second try" and [a.ok for a in done.attempts] == [True]
+    assert len(fake_llm.requests_for("m-primary")) == 2
+
+
+async def test_all_down_reports_every_model(fake_llm: FakeLLM) -> None:
+    llm = LLM(_models(fake_llm))
+    fake_llm.fail("m-primary", Fault.rate_limit(retry_after=0))
+    fake_llm.fail("m-backup", Fault.server_error())
+    with pytest.raises(LLMUnavailable) as info:
+        await llm.complete(["primary", "backup", "missing"], MESSAGES)
+    llm.close()
+    assert [(a.model, a.reason) for a in info.value.attempts] == [
+        ("primary", "rate_limited"), ("backup", "server_error"), ("missing", "not_configured")]
+    assert info.value.retryable
+    assert "primary: rate limited" in str(info.value)
+    rows = runs_from_attempts("bot", info.value.attempts, step=1)
+    assert all(set(r) <= set(RUN_FIELDS) for r in rows)
+    assert [r["fallback_reason"] for r in rows] == [None, "primary: rate_limited", "backup: server_error"]
+
+
+async def test_cost_from_configured_prices(fake_llm: FakeLLM) -> None:
+    prices = {"params": {"input_cost_per_token": 0.5, "output_cost_per_token": 1.0}}
+    llm = LLM(_models(fake_llm, primary=prices))
+    fake_llm.enqueue("m-primary", "one two three")
+    done = await llm.complete(["primary"], MESSAGES)
+    fake_llm.enqueue("m-backup", "one two three")
+    unpriced = await llm.complete(["backup"], MESSAGES)
+    llm.close()
+    [a] = done.attempts
+    assert a.cost_usd == pytest.approx(a.input_tokens * 0.5 + a.output_tokens * 1.0)
+    assert unpriced.attempts[0].cost_usd is None
+
+
+async def test_embeddings_and_their_failures(fake_llm: FakeLLM) -> None:
+    models = {"emb": ModelConfig(model="openai/m-emb", api_base=fake_llm.api_base, api_key=None, timeout=2.0)}
+    llm = LLM(models)
+    vectors, attempt = await llm.embed("emb", ["hello world", "good bye"])
+    assert len(vectors) == 2 and len(vectors[0]) == fake_llm.embedding_dim
+    assert attempt.ok and attempt.kind == "embedding" and attempt.input_tokens
+    fake_llm.enqueue("m-emb", Fault.server_error())
+    with pytest.raises(LLMUnavailable) as info:
+        await llm.embed("emb", ["x"])
+    llm.close()
+    assert info.value.attempts[0].kind == "embedding" and info.value.attempts[0].reason == "server_error"
+
+
+def test_importing_agents_does_not_import_litellm() -> None:
+    code = "import sys, agents, gateway.runtime, plugins.memory; print('litellm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_no_network_call_at_import_or_use_beyond_the_configured_server() -> None:
+    """Air-gapped: every socket connect and DNS lookup, import and a call included, stays on 127.0.0.1."""
+    code = textwrap.dedent("""
+        import asyncio, sys
+        seen = []
+        def hook(event, args):
+            if event == "socket.connect":
+                seen.append(("connect", str(args[1])))
+            elif event == "socket.getaddrinfo":
+                seen.append(("dns", str(args[0])))
+        sys.addaudithook(hook)
+        from agents.llm import LLM, load_litellm
+        from gateway.config import ModelConfig
+        from tests.fakes.llm import start_fake_llm
+
+        async def main():
+            await load_litellm()
+            async with start_fake_llm() as fake:
+                llm = LLM({"m": ModelConfig(model="openai/x", api_base=fake.api_base, api_key="sk-t")})
+                done = await llm.complete(["m"], [{"role": "user", "content": "hi"}])
+                await llm.embed("m", ["hello"])
+                llm.close()
+                return done.content
+        print(asyncio.run(main()))
+        bad = [s for s in seen if "127.0.0.1" not in s[1] and "localhost" not in s[1]]
+        print("OUTSIDE", bad)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "echo: hi" in out.stdout
+    assert "OUTSIDE []" in out.stdout, out.stdout
+
+
+async def test_a_model_without_credentials_does_not_take_the_others_down(
+    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    models = _models(fake_llm)
+    models["nokey"] = ModelConfig(model="openai/gpt-4o-mini")  # the real OpenAI, and no key anywhere
+    llm = LLM(models)
+    fake_llm.enqueue("m-backup", "still here")
+    done = await llm.complete(["nokey", "backup"], MESSAGES)
+    llm.close()
+    assert done.content == "still here"
+    assert (done.attempts[0].reason, done.attempts[0].ok) == ("not_configured", False)
+    assert "credentials" in (done.attempts[0].error or "").lower()
