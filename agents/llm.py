@@ -94,7 +94,7 @@ def _import_litellm() -> ModuleType:
     # Retries belong to the Router (num_retries, honouring Retry-After), never also to the SDK
     # below it. `max_retries=0` alone is not enough: the OpenAI embedding path reads it as
     # "unset" (`max_retries or DEFAULT_MAX_RETRIES`) and retries twice anyway.
-    litellm.DEFAULT_MAX_RETRIES = 0
+    litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[misc]  # Final in litellm, but read at call time
     for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # we log every failure ourselves
     return litellm

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def _models(fake: FakeLLM, **overrides: dict[str, object]) -> dict[str, ModelConfig]:
+def _models(fake: FakeLLM, **overrides: Any) -> dict[str, ModelConfig]:
     out = {}
     for alias in ("primary", "backup"):
         raw = {"model": f"openai/m-{alias}", "api_base": fake.api_base, "api_key": "sk-test", "timeout": 1.0,
@@ -100,6 +101,7 @@ async def test_cost_from_configured_prices(fake_llm: FakeLLM) -> None:
     unpriced = await llm.complete(["backup"], MESSAGES)
     llm.close()
     [a] = done.attempts
+    assert a.input_tokens and a.output_tokens
     assert a.cost_usd == pytest.approx(a.input_tokens * 0.5 + a.output_tokens * 1.0)
     assert unpriced.attempts[0].cost_usd is None
 
