@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,6 +107,9 @@ class _CachedCredentials(ServiceClientCredentialsFactory):
         self._inner = inner
         self._cache: dict[tuple[Any, ...], Any] = {}
         self._lock = asyncio.Lock()
+        # botbuilder builds its MSAL app lazily and unguarded: one warmer at a time, so
+        # concurrent first sends share one token request instead of racing.
+        self._warming = threading.Lock()
 
     async def is_valid_app_id(self, app_id: str) -> bool:
         return bool(await self._inner.is_valid_app_id(app_id))
@@ -127,8 +131,12 @@ class _CachedCredentials(ServiceClientCredentialsFactory):
         if getattr(creds, "microsoft_app_id", None):
             # MSAL answers from its cache until the token nears expiry; when it must
             # ask the token service, that blocking call happens here, in a thread.
-            await asyncio.to_thread(creds.get_access_token)
+            await asyncio.to_thread(self._warm, creds)
         return creds
+
+    def _warm(self, creds: Any) -> None:
+        with self._warming:
+            creds.get_access_token()
 
     def forget(self) -> None:
         """Drop cached credentials (the connector refused our token)."""

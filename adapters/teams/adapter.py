@@ -147,8 +147,8 @@ class TeamsAdapter(Adapter):
         kind = activity["type"]
         if kind == "message":
             envelope = message_envelope(activity, channel=self.channel, account=self.account)
-            if envelope is None:
-                self.counts["ignored"] += 1
+            if envelope is None or not (envelope.text.strip() or envelope.segments):
+                self.counts["ignored"] += 1  # the bot's own message, or a bare @mention
                 return
             result = await ctx.admit(envelope)
             self.counts["admitted" if result.created else "duplicates"] += 1

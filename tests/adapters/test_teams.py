@@ -52,7 +52,7 @@ class Recorder:
         return [t.envelope for t in self.turns]
 
 
-def plugin_under_test(fake: FakeTeams, recorder: Recorder) -> types.SimpleNamespace:
+def plugin_under_test(fake: FakeTeams, recorder: Recorder, password: str | None = None) -> types.SimpleNamespace:
     """The Teams plugin as built in, but with the fake's loopback credentials factory
     (MSAL would otherwise do instance discovery on login.microsoftonline.com)."""
 
@@ -64,7 +64,7 @@ def plugin_under_test(fake: FakeTeams, recorder: Recorder) -> types.SimpleNamesp
 
     @hookimpl
     def soulgate_adapters() -> list[Any]:
-        return [teams.adapter_spec(credentials_factory=fake.credentials_factory())]
+        return [teams.adapter_spec(credentials_factory=fake.credentials_factory(password=password))]
 
     @hookimpl
     def soulgate_responder(services: Any) -> Any:
@@ -97,14 +97,15 @@ def account(fake: FakeTeams, **extra: Any) -> dict[str, Any]:
 @asynccontextmanager
 async def teams_gateway(
     db: str, fake: FakeTeams, recorder: Recorder | None = None, *, routes: list[dict[str, Any]] | None = None,
-    **extra: Any,
+    password: str | None = None, gateway: dict[str, Any] | None = None, **extra: Any,
 ) -> AsyncIterator[GatewayHarness]:
     config = test_config({
         "plugins": {"disabled": ["teams"]},  # replaced by plugin_under_test
         "channels": {"teams": {"main": account(fake, **extra)}},
         "routes": routes or [],
+        **(gateway or {}),
     })
-    plugin = plugin_under_test(fake, recorder or Recorder())
+    plugin = plugin_under_test(fake, recorder or Recorder(), password)
     async with running_gateway(db, config=config, plugins=[("teams-under-test", plugin)]) as h:
         yield h
 
@@ -269,8 +270,10 @@ async def test_malformed_bodies_are_400_and_store_nothing(
         no_conversation = fake_teams.personal_message("x")
         del no_conversation["conversation"]
         missing = await fake_teams.post_activity(url(h), no_conversation)
+        mistyped = {**fake_teams.personal_message("x"), "conversation": "a:not-an-object"}
+        wrong_type = await fake_teams.post_activity(url(h), mistyped)
         assert await count(h, "inbox") == 0
-    assert (not_json, not_object, missing.status) == (400, 400, 400)
+    assert (not_json, not_object, missing.status, wrong_type.status) == (400, 400, 400, 400)
 
 
 # -- proactive sends -----------------------------------------------------------------------------
@@ -352,19 +355,56 @@ async def test_reply_style_top_level_starts_a_new_post(
     assert (first.text, second.text) == ("A" * 900, "B" * 900)
 
 
-@pytest.mark.parametrize("status", [429, 412, 502, 504])
-async def test_connector_errors_are_retried(
-    soulgate_database_url: str, fake_teams: FakeTeams, status: int
+async def test_connector_429_412_502_504_are_retried(soulgate_database_url: str, fake_teams: FakeTeams) -> None:
+    statuses = (429, 412, 502, 504)
+    async with teams_gateway(soulgate_database_url, fake_teams) as h:
+        for n, status in enumerate(statuses):
+            fake_teams.fail_next(status, retry_after=1 if status == 429 else None)
+            # Channel threads: Teams shows no typing there, so the reply is the only call.
+            asked = fake_teams.channel_message(f"try {n}", activity_id=f"17000000005{n:02d}")
+            assert (await fake_teams.post_activity(url(h), asked)).status == 200
+            await fake_teams.wait_for_activities(n + 1, within=15)
+        await h.idle()
+    calls = fake_teams.calls
+    for n, status in enumerate(statuses):
+        thread = f"{CHANNEL};messageid=17000000005{n:02d}"
+        assert [c.status for c in calls if c.conversation_id == thread] == [status, 201]
+    assert [a.text for a in fake_teams.activities] == [f"echo: try {n}" for n in range(len(statuses))]
+
+
+async def test_refused_token_is_renewed_and_hopeless_sends_dead_lettered(
+    soulgate_database_url: str, fake_teams: FakeTeams
 ) -> None:
     async with teams_gateway(soulgate_database_url, fake_teams) as h:
-        fake_teams.fail_next(status, retry_after=1 if status == 429 else None)
-        # A channel thread: Teams shows no typing there, so the reply is the first call.
-        asked = fake_teams.channel_message("are you there?", activity_id="1700000000500")
+        first = fake_teams.channel_message("one", activity_id="1700000000600")
+        assert (await fake_teams.post_activity(url(h), first)).status == 200
+        await fake_teams.wait_for_activities(1, within=10)
+        fake_teams.revoke_tokens()  # the connector now answers 401 to the cached token
+        second = fake_teams.channel_message("two", activity_id="1700000000601")
+        assert (await fake_teams.post_activity(url(h), second)).status == 200
+        await fake_teams.wait_for_activities(2, within=15)
+        fake_teams.fail_next(403)  # e.g. the bot was removed from the conversation
+        third = fake_teams.channel_message("three", activity_id="1700000000602")
+        assert (await fake_teams.post_activity(url(h), third)).status == 200
+        await h.idle(15)
+        _, dead = await admin(h, "GET", "/api/outbox/dead")
+    assert [a.text for a in fake_teams.activities] == ["echo: one", "echo: two"]
+    assert len(fake_teams.token_requests) == 2
+    [row] = dead["dead"]
+    assert "403" in str(row)
+
+
+async def test_wrong_app_password_ends_in_dead_letter(soulgate_database_url: str, fake_teams: FakeTeams) -> None:
+    async with teams_gateway(soulgate_database_url, fake_teams, password="wrong",
+                             gateway={"delivery": {"max_attempts": 2}}) as h:
+        asked = fake_teams.channel_message("hello?", activity_id="1700000000700")
         assert (await fake_teams.post_activity(url(h), asked)).status == 200
-        await fake_teams.wait_for_activities(1, within=15)
-        await h.idle()
-    assert [c.status for c in fake_teams.calls] == [status, 201]
-    assert [a.text for a in fake_teams.activities] == ["echo: are you there?"]
+        await h.idle(15)
+        _, dead = await admin(h, "GET", "/api/outbox/dead")
+    assert fake_teams.activities == []
+    assert all(t.status == 401 for t in fake_teams.token_requests)
+    [row] = dead["dead"]
+    assert "could not get a Bot Framework token" in str(row)
 
 
 async def test_typing_indicator_while_the_turn_runs(soulgate_database_url: str, fake_teams: FakeTeams) -> None:
@@ -414,25 +454,26 @@ async def test_insecure_dev_mode_is_loud_and_works_without_tokens(
     assert reply.conversation_id == PERSONAL
 
 
-@pytest.mark.parametrize(
-    ("table", "problem"),
-    [
-        ({"app_id": "a", "app_password": "p"}, "tenant_id is required"),
-        ({"app_id": "a", "app_password": "p", "app_type": "MultiTenant"}, "allowed_tenants is required"),
-        ({"app_id": "a", "tenant_id": "t"}, "app_password"),
-        ({"app_id": "a", "app_password": "p", "tenant_id": "t", "path": "api"}, "must start with '/'"),
-        ({"app_id": "a", "app_password": "p", "tenant_id": "t", "endpoints": {"TO_BOT": "x"}}, "unknown key"),
-        ({"app_id": "a", "app_password": "p", "tenant_id": "t", "max_message_chars": 10}, "max_message_chars"),
-    ],
-)
-async def test_bad_config_is_reported_with_its_key(
-    soulgate_database_url: str, table: dict[str, Any], problem: str
-) -> None:
-    config = test_config({"channels": {"teams": {"main": table}}})
-    with pytest.raises(ConfigError) as caught:
-        async with running_gateway(soulgate_database_url, config=config):
-            pass
-    assert any(p.startswith("channels.teams.main") and problem in p for p in caught.value.problems)
+BAD_TABLES: list[tuple[dict[str, Any], str]] = [
+    ({"app_id": "a", "app_password": "p"}, "tenant_id is required"),
+    ({"app_id": "a", "app_password": "p", "app_type": "MultiTenant"}, "allowed_tenants is required"),
+    ({"app_id": "a", "tenant_id": "t"}, "app_password"),
+    ({"app_id": "a", "app_password": "p", "tenant_id": "t", "certificate_thumbprint": "AB"}, "go together"),
+    ({"app_id": "a", "app_password": "p", "tenant_id": "t", "path": "api"}, "must start with '/'"),
+    ({"app_id": "a", "app_password": "p", "tenant_id": "t", "endpoints": {"TO_BOT": "x"}}, "unknown key"),
+    ({"app_id": "a", "app_password": "p", "tenant_id": "t", "max_message_chars": 10}, "max_message_chars"),
+    ({"app_id": "a", "app_password": "p", "tenant_id": "t", "reply_style": "sideways"}, "reply_style"),
+]
+
+
+def test_bad_config_is_reported_with_its_key() -> None:
+    from gateway.runtime import Gateway
+
+    for table, problem in BAD_TABLES:
+        gateway = Gateway(test_config({"channels": {"teams": {"main": table}}}), entry_points=False)
+        problems = gateway.load_plugins()  # what `soulgate check` reports
+        assert any(p.startswith("channels.teams.main") and problem in p for p in problems), (table, problems)
+        assert ("teams", "main") not in gateway.adapters
 
 
 def test_rate_limits_per_conversation_never_exceed_teams_windows() -> None:
