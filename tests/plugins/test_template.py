@@ -3,13 +3,15 @@
 ``soulgate new-plugin acme`` renders ``plugins/_template``; pip builds and
 installs it (``--target`` a temporary directory put on the path, so helpers
 running tests beside us never see it); then the operator's view (``soulgate
-plugins``), the gateway (its command answers, its tool is offered and
-callable) and the package's own two tests all see the installed plugin.
+plugins``), the gateway (its command answers; an agent, talking to the
+fake LLM server through litellm, is offered its tool and calls it) and the
+package's own two tests all see the installed plugin.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -18,10 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway import ToolContext
 from gateway.cli import main as soulgate
 from gateway.scaffold import render_template, template_dir
-from gateway.testing import GatewayFactory, make_envelope
+from gateway.testing import GatewayFactory, test_config
+from tests.fakes import llm as llm_fakes
+from tests.fakes.llm import FakeLLM, ToolCall, ToolCalls
+
+fake_llm = llm_fakes.fake_llm
 
 RENDERED: list[str] = []  # the files new-plugin wrote, before pip builds beside them
 
@@ -84,20 +89,37 @@ def test_soulgate_plugins_lists_it_from_its_entry_point(
     assert ["core", "built-in", "-", "active", "skills"] in rows
 
 
-async def test_its_command_answers_and_its_tool_is_callable(
-    on_path: Path, soulgate_gateway: GatewayFactory
+async def test_its_command_answers_and_an_agent_calls_its_tool(
+    on_path: Path, soulgate_gateway: GatewayFactory, fake_llm: FakeLLM, tmp_path: Path
 ) -> None:
-    async with soulgate_gateway(entry_points=True) as gw:
+    from agents.llm import load_litellm
+
+    await load_litellm()  # seconds on a busy machine: not inside the turn's time budget
+    souls = tmp_path / "soul"
+    souls.mkdir()
+    (souls / "assistant.md").write_text("---\nname: assistant\nskills: [acme_echo]\n---\nYou test tools.\n")
+    config = test_config({
+        "agents": {"soul_dir": str(souls)},
+        "models": {"default": {"model": "openai/m-acme", "api_base": fake_llm.api_base,
+                               "api_key": "sk-test", "timeout": 5.0}},
+    })
+    fake_llm.enqueue("m-acme", ToolCalls([ToolCall("acme_echo", {"text": "ping"}, id="c1")]), "The tool said pong.")
+    async with soulgate_gateway(config=config, entry_points=True) as gw:
         info = gw.gateway.plugins.infos["acme"]
         assert (info.source, info.version, info.state) == ("entry point", "0.1.0", "active")
         assert await gw.ask("/acme hello there") == "acme heard: hello there"
         assert "`/acme TEXT` — echo a text back" in await gw.ask("/help")
-        # The tool as an agent gets it: name, JSON schema, handler.
-        plugin, tool = gw.services.tools()["acme_echo"]
-        assert plugin == "acme"
-        assert tool.parameters["required"] == ["text"]
-        ctx = ToolContext(envelope=make_envelope("x"), services=gw.services, plugin=plugin, agent="test")
-        assert await tool.handler(ctx, {"text": "ping"}) == {"reply": "acme heard: ping"}
+        # An agent whose SOUL lists the tool is offered it and its call reaches the plugin.
+        assert await gw.ask("please use the tool", timeout=60) == "The tool said pong."
+        first, second = fake_llm.requests_for("m-acme")
+        assert first.tool_names == ["acme_echo"]
+        offered = next(t for t in first.tools or [] if t["function"]["name"] == "acme_echo")
+        assert offered["function"]["parameters"]["required"] == ["text"]
+        tool_msg = second.messages[-1]
+        assert tool_msg["role"] == "tool" and json.loads(tool_msg["content"]) == {"reply": "acme heard: ping"}
+        await gw.idle()
+        calls = await gw.gateway.store.audit.recent(kind="tool_call")
+        assert [(c["plugin"], c["detail"]["tool"]) for c in calls] == [("acme", "acme_echo")]
 
 
 def test_the_packages_own_tests_pass(installed: tuple[Path, Path], soulgate_server_url: str) -> None:
