@@ -51,7 +51,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 #: stand-ins for secrets whose shape the channel's config model checks
-SHAPED_DUMMIES = {"SLACK_BOT_TOKEN": "xoxb-0-dummy", "SLACK_APP_TOKEN": "xapp-0-dummy"}
+SHAPED_DUMMIES = {"SLACK_BOT_TOKEN": "xoxb-0-dummy", "SLACK_APP_TOKEN": "xapp-0-dummy",
+                  "TELEGRAM_TOKEN": "123456:dummy-telegram-token"}
 
 
 def dummy_env(text: str) -> dict[str, str]:
