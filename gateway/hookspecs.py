@@ -49,8 +49,10 @@ def soulgate_skills() -> list[Skill]:
     """Slash commands and LLM tools this plugin provides.
 
     Sync. Return a list of :class:`gateway.Command` and :class:`gateway.Tool`.
-    Called at start and on reload. Two plugins offering the same command name is
-    an error reported by ``soulgate check``; the first loaded wins at run time.
+    Called once at start (and by ``soulgate check`` / ``soulgate plugins``).
+    Two plugins offering the same name is reported by ``soulgate check``; the
+    one called first wins (plugins are called last-loaded first, so a
+    third-party plugin's ``/help`` replaces the built-in one).
     """
     raise NotImplementedError
 
@@ -59,9 +61,9 @@ def soulgate_skills() -> list[Skill]:
 def soulgate_responder(services: Services) -> Responder | None:
     """The responder that answers messages that are not commands.
 
-    Sync, first non-None result wins. The built-in default route answers with
-    a placeholder; the SOUL agents plugin overrides it. Called at start and on
-    reload.
+    Sync, first non-None result wins. The built-in default route (``trylast``)
+    answers with a placeholder; the SOUL agents plugin overrides it, and a
+    third-party responder overrides both. Called once at start.
     """
     raise NotImplementedError
 
@@ -96,8 +98,9 @@ def soulgate_config_model() -> type[BaseModel] | None:
     """The pydantic model of this plugin's config table ``[plugins.config.<name>]``.
 
     Sync. The gateway validates the table with it at start and in ``soulgate
-    check``; the validated object is available as
-    ``services.plugin_config(<name>)``.
+    check`` (a missing table validates as ``{}``); the validated object is
+    available as ``services.plugin_config(<name>)``. A table that does not
+    validate is reported with its key path and the plugin is not loaded.
     """
     raise NotImplementedError
 

@@ -298,14 +298,24 @@ class PluginManager:
 
         Returns the final value and, if an implementation returned ``False``,
         the name of the plugin that dropped it (the value is then ``None``).
+        ``None`` and ``True`` keep the value; a result of another type than the
+        value's is a plugin error and is ignored, so the next plugin still gets
+        a well-formed value.
         """
+        expected = type(value)
         for impl in self._impls(hook):
             args = {"envelope": envelope, **kwargs, value_arg: value}
             ok, result = await self._call_one(impl, hook, args, envelope)
-            if not ok or result is None:
+            if not ok or result is None or result is True:
                 continue
             if result is False:
                 return None, impl.plugin_name
+            if not isinstance(result, expected):
+                await self.report(impl.plugin_name, hook, PluginError(
+                    impl.plugin_name, hook,
+                    f"returned {type(result).__name__}; expected {expected.__name__}, None or False",
+                ), envelope)
+                continue
             value = result
         return value, None
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import Command, CommandContext, Envelope, Services, Skill, hookimpl
+from gateway import Command, CommandContext, Envelope, Reply, Services, Skill, hookimpl
 from gateway.cli import main as soulgate
 from gateway.dispatch import GENERIC_ERROR
 from gateway.testing import GatewayFactory, GatewayHarness, test_config
@@ -248,3 +248,33 @@ def test_check_reports_plugins_that_cannot_load(
     lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
     assert "failed" in lines[broken_module] and "config" in lines[broken_module]
     assert "error: wants plugin API 2.1" in out
+
+
+async def test_hook_results_of_the_wrong_type_are_reported_and_ignored(
+    soulgate_gateway: GatewayFactory,
+) -> None:
+    class Sloppy:
+        @hookimpl
+        def soulgate_inbound(self, envelope: Envelope) -> Any:
+            return "not an envelope"
+
+        @hookimpl
+        async def soulgate_reply(self, reply: Reply) -> Any:
+            return 42 if "pong" in reply.text else True  # True: keep it, like None
+
+    class Shouty:
+        @hookimpl(trylast=True)  # called after Sloppy: it must still get a real Reply
+        def soulgate_reply(self, reply: Reply, envelope: Envelope | None) -> Reply:
+            assert envelope is not None and envelope.text == "/ping"
+            return Reply(text=reply.text.upper())
+
+    async with soulgate_gateway(plugins=[("shouty", Shouty()), ("sloppy", Sloppy()), ("good", Good())]) as h:
+        assert await h.ask("/ping") == "PONG"
+        await h.idle()
+        rows = await h.gateway.store.audit.recent(kind="plugin_error")
+        assert sorted(r["detail"]["error"] for r in rows) == [
+            "PluginError: plugin 'sloppy' failed in hook 'soulgate_inbound': returned str; "
+            "expected Envelope, None or False",
+            "PluginError: plugin 'sloppy' failed in hook 'soulgate_reply': returned int; "
+            "expected Reply, None or False",
+        ]
