@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import suppress
 from typing import Any
 
 import aiohttp
@@ -95,6 +96,8 @@ class TelegramAdapter(Adapter):
             await self._poller.stop()
         if self._webhook_task is not None:
             self._webhook_task.cancel()
+            with suppress(BaseException):
+                await self._webhook_task
         # Sends already under way (the gateway drains them after stopping adapters) keep the session.
         for _ in range(50):
             if not self._sending:
@@ -227,8 +230,8 @@ class TelegramAdapter(Adapter):
         return rate_limits_for(self.config.bot_id, chat)
 
     async def typing(self, address: ReplyAddress) -> None:
-        if self._closed:
-            return
+        if self._closed or address.data.get("chat_type") == "channel":
+            return  # channels show no chat actions
         thread = address.data.get("thread_id")
         await self.bot.send_chat_action(chat_id=self._chat(address), action="typing",
                                         message_thread_id=int(thread) if thread else None)
@@ -290,7 +293,11 @@ class TelegramAdapter(Adapter):
     # -- files --------------------------------------------------------------------------
 
     async def fetch_attachment(self, attachment: Attachment, *, max_bytes: int | None = None) -> bytes:
-        """Download an inbound file through the Bot API (getFile), refusing more than the cap."""
+        """Download an inbound file through the Bot API (getFile), refusing more than the cap.
+
+        ``ValueError``: too large, or Telegram will not give it (the cloud Bot API serves files
+        up to 20 MB); ``ConnectionError``: the download itself failed.
+        """
         cap = min(max_bytes or self.config.max_download_bytes, self.config.max_download_bytes)
         if attachment.data is not None:
             data = attachment.data
