@@ -1,0 +1,115 @@
+"""Reload without a restart: SOUL files and routes; broken files keep the previous version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+from gateway.config import load_config
+from gateway.testing import running_gateway
+from tests.fakes.llm import FakeLLM
+
+from .conftest import admin, agent_config, audit, write_soul
+
+
+def _config_file(path: Path, fake: FakeLLM, souls: Path, routes: str = "") -> Path:
+    path.write_text(f"""
+[gateway]
+shutdown_grace_seconds = 2.0
+[workers]
+lease_seconds = 5.0
+idle_poll_seconds = 0.2
+[admin]
+port = 0
+token = "test-admin-token"
+[http]
+port = 0
+[agents]
+soul_dir = "{souls}"
+[models.default]
+model = "openai/m-default"
+api_base = "{fake.api_base}"
+api_key = "sk-test"
+{routes}
+""")
+    return path
+
+
+def _persona(fake: FakeLLM) -> str:
+    return str(fake.last_request.messages[0]["content"]).split("\n")[0]
+
+
+async def test_reload_souls_and_routes_keeping_a_broken_files_previous_version(
+    soulgate_database_url: str, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    souls = tmp_path / "souls"
+    soul = write_soul(souls, "assistant", body="Version one.")
+    config_path = _config_file(tmp_path / "soulgate.toml", fake_llm, souls)
+    async with running_gateway(soulgate_database_url, config=load_config(config_path)) as h:
+        await h.ask("hi")
+        assert _persona(fake_llm) == "Version one."
+
+        soul.write_text("---\nname: assistant\nmodel: [oops\n---\nVersion broken.\n")
+        status, body = await admin(h, "POST", "/api/reload")
+        assert status == 422 and body["ok"] is False
+        assert f"{soul}:4: invalid YAML in front matter" in body["problems"][0]
+        assert f"{soul}: keeping the previous version of agent 'assistant'" in body["problems"]
+        await h.ask("still there?")
+        assert _persona(fake_llm) == "Version one."
+
+        soul.write_text("---\nname: assistant\n---\nVersion two.\n")
+        write_soul(souls, "second", body="I am the second agent.")
+        _config_file(config_path, fake_llm, souls, '[[routes]]\nconversation = "conv-2"\nagent = "second"\n')
+        status, body = await admin(h, "POST", "/api/reload")
+        assert (status, body["ok"], body["problems"]) == (200, True, [])
+        assert body["reloaded"] == ["routes", "agents", "models", "souls"]
+        await h.ask("hi")
+        assert _persona(fake_llm) == "Version two."
+        await h.ask("hi", conversation="conv-2")
+        assert _persona(fake_llm) == "I am the second agent."
+        status, st = await admin(h, "GET", "/api/status")
+        assert [a["name"] for a in st["agents"]] == ["assistant", "second"]
+
+        config_path.write_text("this is [not toml")
+        status, body = await admin(h, "POST", "/api/reload")
+        assert status == 422 and "invalid TOML" in body["problems"][0]
+        await h.ask("hi", conversation="conv-2")  # nothing changed: the route is still there
+        assert _persona(fake_llm) == "I am the second agent."
+        assert [e["detail"]["ok"] for e in await audit(h, "reload")] == [False, True, False]
+
+        # SIGHUP calls the same method
+        soul.write_text("---\nname: assistant\n---\nVersion three.\n")
+        _config_file(config_path, fake_llm, souls)
+        assert (await h.gateway.reload())["ok"]
+        await h.ask("hi")
+        assert _persona(fake_llm) == "Version three."
+
+
+async def test_a_broken_soul_at_start_is_skipped_and_reported(
+    soulgate_database_url: str, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    write_soul(tmp_path, "assistant", body="I work.")
+    broken = tmp_path / "broken.md"
+    broken.write_text("---\nname: broken\nunknown_key: 1\n---\nhi\n")
+    config = agent_config(fake_llm, tmp_path, routes=[{"agent": "broken", "conversation": "conv-b"}])
+    async with running_gateway(soulgate_database_url, config=config) as h:
+        assert await h.ask("hello") == "echo: hello"
+        assert "**broken** is not available" in await h.ask("hello", conversation="conv-b")
+        [event] = await audit(h, "soul_error")
+        assert event["detail"]["problem"].startswith(f"{broken}:3: unknown_key: unknown key")
+
+
+async def test_reload_needs_the_admin_token(
+    soulgate_database_url: str, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    write_soul(tmp_path, "assistant")
+    async with running_gateway(soulgate_database_url, config=agent_config(fake_llm, tmp_path)) as h:
+        async with aiohttp.ClientSession() as session:
+            for method, path in (("POST", "/api/reload"), ("GET", "/api/runs")):
+                async with session.request(method, f"http://127.0.0.1:{h.gateway.admin_port}{path}") as resp:
+                    assert resp.status == 401
+        status, body = await admin(h, "GET", "/api/runs?limit=oops")
+        assert status == 400
+        status, body = await admin(h, "GET", "/api/runs?agent=nobody")
+        assert status == 200 and body["runs"] == [] and body["totals"]["all"]["calls"] == 0
