@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import sys
 import tomllib
@@ -364,11 +365,16 @@ async def test_run_refuses_an_unknown_channel_with_checks_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A different path from BAD: the file is valid, the gateway finds no plugin for the channel.
+    # (The shipped SOULs keep `check` from also reporting a missing SOUL folder, which `run`
+    # by design does not refuse to start over.)
     bad = tmp_path / "bad.toml"
-    bad.write_text("[channels.telegramm.main]\ntoken = 'x'\n", encoding="utf-8")
+    bad.write_text(
+        f"[agents]\nsoul_dir = {str(REPO / 'soul')!r}\n[channels.telegramm.main]\ntoken = 'x'\n",
+        encoding="utf-8",
+    )
     assert main(["--config", str(bad), "check"]) == 1
     checked = _errors(capsys.readouterr().err)
-    assert any("channels.telegramm: no plugin provides this channel" in line for line in checked)
+    assert len(checked) == 1 and "channels.telegramm: no plugin provides this channel" in checked[0], checked
     assert _errors(await _run_refused(bad, tmp_path)) == checked
 
 
@@ -381,6 +387,7 @@ async def test_default_config_runs_and_stops_cleanly(tmp_path: Path, soulgate_da
     assert "port = 8765" in text
     config_dir = tmp_path / "config"
     config_dir.mkdir()
+    shutil.copytree(REPO / "soul", tmp_path / "soul")  # the repository's layout, in a scratch dir
     (config_dir / "soulgate.toml").write_text(text.replace("port = 8765", "port = 0"), encoding="utf-8")
     env = _subprocess_env(tmp_path)
     # The file's own ${SOULGATE_DATABASE_URL:-} hook points it at this test's database.
@@ -408,6 +415,7 @@ async def test_default_config_runs_and_stops_cleanly(tmp_path: Path, soulgate_da
             async with http.get(f"{url}/api/status", headers=headers) as resp:
                 status = await resp.json()
         assert status["adapters"] == [] and status["ready"] is True
+        assert not [line for line in seen if " ERROR " in line or line.startswith("error:")], seen
         proc.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
             _, rest = await proc.communicate()
