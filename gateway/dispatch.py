@@ -146,6 +146,8 @@ class Dispatcher:
     async def _run_command(
         self, env: Envelope, name: str, args: str, mention: str | None, record: TurnRecord
     ) -> list[Reply]:
+        if mention is not None and not env.addressed:
+            return []  # "/cmd@other_bot": the adapter found no mention of us, so not ours
         found = self.gw.skills.commands.get(name)
         if found is None:
             if not env.addressed and env.conversation.kind != "direct":

@@ -342,3 +342,12 @@ async def test_history_follows_the_envelope_an_inbound_filter_changed(soulgate_d
         await h.ask("one")
         await h.ask("two")
     assert seen == [0, 2]
+
+
+async def test_command_for_another_bot_is_not_answered(soulgate_database_url: str) -> None:
+    async with running_gateway(soulgate_database_url) as h:
+        await h.send("/help@other_bot", kind="group", conversation="g", addressed=False)
+        await h.send("/help@our_bot", kind="group", conversation="g", addressed=True)
+        await h.expect_reply("Commands")
+        await h.idle()
+        assert len(h.adapter.sent) == 1
