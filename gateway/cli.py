@@ -26,6 +26,7 @@ def _setup_logging(level: str, *, quiet: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its INFO lines are start-up noise
 
 
 def _load(args: argparse.Namespace) -> Config:
