@@ -125,7 +125,9 @@ async def test_its_command_answers_and_an_agent_calls_its_tool(
 def test_the_packages_own_tests_pass(installed: tuple[Path, Path], soulgate_server_url: str) -> None:
     package, site = installed
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=package,
+        # its own --basetemp: a nested pytest must not prune the numbered temp dirs of ours
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={package.parent / 'bt'}"],
+        cwd=package,
         env=_env(site, SOULGATE_TEST_SERVER_URL=soulgate_server_url), capture_output=True, text=True,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
