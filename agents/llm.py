@@ -255,6 +255,7 @@ class LLM:
         #: litellm model strings named directly in SOUL files (credentials from the provider's env vars)
         self.extra_models = sorted({m for m in extra_models if m not in self.models})
         self._router: Any = None
+        self._closed = False
         #: deployments litellm refused to set up (e.g. missing credentials), with its reason
         self.broken: dict[str, str] = {}
         self._lock = asyncio.Lock()
@@ -322,11 +323,16 @@ class LLM:
                                 log.error("model %s cannot be used: %s", deployment["model_name"], _short(exc))
                         return make(good)
 
-                    self._router = await asyncio.to_thread(build)
+                    router = await asyncio.to_thread(build)
+                    if self._closed:  # closed while building (a reload, or the gateway stopping)
+                        router.discard()
+                        raise LLMUnavailable([])
+                    self._router = router
         return self._router
 
     def close(self) -> None:
         """Unhook the Router's callbacks from litellm's global lists (after a reload or at stop)."""
+        self._closed = True
         if self._router is not None:
             router, self._router = self._router, None
             try:

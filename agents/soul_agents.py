@@ -8,6 +8,7 @@ reports it with file and line) while the other files are reloaded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from gateway import AuditEvent, Reply, Responder, Services, Tool, Turn, TurnResult, hookimpl
 
 from .agent import run_turn
-from .llm import LLM, preload_litellm
+from .llm import LLM, LLMUnavailable, preload_litellm
 from .memory import Memory
 from .soul import Soul, check_soul, load_soul_dir
 
@@ -76,6 +77,7 @@ class AgentResponder:
         self.souls: dict[str, Soul] = {}
         self.problems: list[str] = []
         self.llm: LLM | None = None
+        self._warming: asyncio.Task[None] | None = None
         self.memory = Memory(services, lambda: self.llm)
         self.load()
 
@@ -137,7 +139,22 @@ class AgentResponder:
             for s in sorted(self.souls.values(), key=lambda s: s.name)
         ]
 
+    def warm(self) -> None:
+        """Build the Router in the background (after the import), so the first turn need not."""
+        async def build(llm: LLM) -> None:
+            try:
+                await llm.router()
+            except LLMUnavailable:
+                pass  # closed before it was ready
+            except Exception:  # the first turn will try again and report it
+                log.warning("could not prepare the LLM router", exc_info=True)
+
+        if self.llm is not None and self._warming is None:
+            self._warming = asyncio.get_running_loop().create_task(build(self.llm), name="soulgate-llm-warm")
+
     def close(self) -> None:
+        # The warm-up is not cancelled: the Router it builds in a thread would be orphaned
+        # with its callbacks still hooked into litellm; a closed LLM discards it instead.
         if self.llm is not None:
             self.llm.close()
 
@@ -177,6 +194,7 @@ async def soulgate_startup(services: Services) -> None:
         return
     if responder.llm is not None and (services.config.models or responder.llm.extra_models):
         preload_litellm()  # in a thread, so the first turn does not wait seconds for the import
+        responder.warm()
     for problem in responder.problems:
         log.error("SOUL file problem (the file is skipped): %s", problem)
     try:

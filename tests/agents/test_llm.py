@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agents.llm import LLM, LLMUnavailable, runs_from_attempts
+from agents.llm import LLM, LLMUnavailable, load_litellm, runs_from_attempts
 from gateway.config import ModelConfig
 from storage import RUN_FIELDS
 from tests.fakes.llm import FakeLLM, Fault
@@ -171,3 +171,23 @@ async def test_a_model_without_credentials_does_not_take_the_others_down(
     assert done.content == "still here"
     assert (done.attempts[0].reason, done.attempts[0].ok) == ("not_configured", False)
     assert "credentials" in (done.attempts[0].error or "").lower()
+
+
+async def test_closing_unhooks_the_router_from_litellms_global_callbacks(fake_llm: FakeLLM) -> None:
+    litellm = await load_litellm()
+
+    def hooked() -> int:
+        return sum(len(getattr(litellm, n)) for n in ("success_callback", "failure_callback",
+                                                      "_async_success_callback", "_async_failure_callback"))
+
+    before = hooked()
+    llm = LLM(_models(fake_llm))
+    await llm.router()
+    assert hooked() > before
+    llm.close()
+    assert hooked() == before  # reloads and restarts in one process do not pile up callbacks
+    late = LLM(_models(fake_llm))
+    late.close()  # closed before its Router exists: building it now gives up and unhooks
+    with pytest.raises(LLMUnavailable):
+        await late.router()
+    assert hooked() == before
