@@ -40,8 +40,10 @@ async def site() -> AsyncIterator[str]:
         return web.Response(body=gzip.compress(b"0" * 5_000_000), headers={
             "Content-Encoding": "gzip", "Content-Type": "text/plain"})
 
+    release = asyncio.Event()  # set at teardown, so the server does not wait for the slow handler
+
     async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(10)
+        await asyncio.wait_for(release.wait(), 30)
         return web.Response(text="late")
 
     async def binary(_: web.Request) -> web.Response:
@@ -65,6 +67,7 @@ async def site() -> AsyncIterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        release.set()
         await runner.cleanup()
 
 
