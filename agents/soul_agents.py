@@ -19,7 +19,7 @@ from gateway import AuditEvent, Reply, Responder, Services, Tool, Turn, TurnResu
 from .agent import run_turn
 from .llm import LLM, LLMUnavailable, preload_litellm
 from .memory import Memory
-from .soul import Soul, check_soul, load_soul_dir
+from .soul import Soul, SoulError, builtin_soul, check_soul, load_soul_dir
 
 __all__ = ["NO_MODEL_TEXT", "AgentResponder", "check_config", "skill_names"]
 
@@ -44,20 +44,29 @@ def _soul_dir(config: Any) -> Path:
     return Path(config.resolve(config.agents.soul_dir))
 
 
+def _read_souls(config: Any) -> tuple[dict[Path, Soul], list[SoulError]]:
+    """The SOUL files; a missing directory is a problem only when ``soul_dir`` was configured
+    (run from anywhere with no config, the built-in default agent answers)."""
+    soul_dir = _soul_dir(config)
+    if not soul_dir.exists() and "soul_dir" not in config.agents.model_fields_set:
+        return {}, []
+    return load_soul_dir(soul_dir)
+
+
 def check_config(config: Any, tools: Mapping[str, tuple[str, Tool]]) -> list[str]:
     """Every problem with the SOUL files and the agent settings, for ``soulgate check``."""
-    souls, errors = load_soul_dir(_soul_dir(config))
+    souls, errors = _read_souls(config)
     problems = [str(e) for e in errors]
     models, skills = set(config.models), skill_names(tools)
     for soul in souls.values():
         problems.extend(str(e) for e in check_soul(soul, models, skills))
     names = {s.name for s in souls.values()}
+    if souls and config.agents.default not in names:
+        problems.append(f"agents.default: no SOUL file in {_soul_dir(config)} defines agent "
+                        f"{config.agents.default!r}")
     if souls or not errors:  # a missing directory is reported once, above
-        if config.agents.default not in names:
-            problems.append(f"agents.default: no SOUL file in {_soul_dir(config)} defines agent "
-                            f"{config.agents.default!r}")
         for i, route in enumerate(config.routes):
-            if route.agent not in names:
+            if route.agent not in names | {config.agents.default}:
                 problems.append(f"routes[{i}].agent: no SOUL file defines agent {route.agent!r}")
     emb = config.agents.embedding_model
     if emb and "/" not in emb and emb not in models:
@@ -86,7 +95,7 @@ class AgentResponder:
     def load(self) -> list[str]:
         """(Re)read the SOUL directory; returns the problems (each with file and line)."""
         config = self.services.config
-        found, errors = load_soul_dir(_soul_dir(config))
+        found, errors = _read_souls(config)
         problems = [str(e) for e in errors]
         broken = {e.path for e in errors}
         models, skills = set(config.models), skill_names(self.services.tools())
@@ -110,6 +119,9 @@ class AgentResponder:
                 continue
             by_name[soul.name] = soul
         self._by_path = {s.path: s for s in by_name.values()}
+        default = config.agents.default
+        if default not in by_name and not found and not errors:
+            by_name[default] = builtin_soul(default)  # no SOUL files at all: still answer
         self.souls = by_name
         self.problems = problems
         self._sync_llm()

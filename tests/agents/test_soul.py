@@ -141,3 +141,12 @@ def test_history_is_bounded_by_turns_and_tokens() -> None:
     kept = bounded_history(history, turns=10, tokens=30)
     assert [m["content"][:2] for m in kept] == ["q5", "a5"]
     assert bounded_history(history, turns=0, tokens=1000) == []
+
+
+def test_check_without_a_soul_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "empty.toml"
+    config.write_text("")  # soul_dir not configured and absent: the built-in default agent answers
+    assert cli_main(["-c", str(config), "check"]) == 0
+    config.write_text('[agents]\nsoul_dir = "nowhere"\n')  # configured and absent: a mistake
+    assert cli_main(["-c", str(config), "check"]) == 1
+    assert f"{tmp_path / 'nowhere'}: SOUL directory does not exist" in capsys.readouterr().err

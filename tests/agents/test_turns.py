@@ -263,3 +263,12 @@ async def test_text_reply_after_tool_results_uses_the_models_words(
         await h.idle()
         history = await h.services.history(make_envelope("x", conversation="conv-1").conversation_key)
         assert [(e.role, e.content) for e in history] == [("user", "time?"), ("assistant", "It is twelve.")]
+
+
+async def test_without_soul_files_the_default_agent_is_built_in(
+    soulgate_database_url: str, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    async with running_gateway(soulgate_database_url, config=agent_config(fake_llm, tmp_path)) as h:
+        assert await h.ask("hello") == "echo: hello"
+        assert "helpful assistant reachable through a chat gateway" in _system(fake_llm.last_request)
+        assert set(fake_llm.last_request.tool_names) == {"remember", "recall", "forget"}
