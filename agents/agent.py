@@ -31,6 +31,7 @@ __all__ = ["allowed_tools", "bounded_history", "build_system_prompt", "estimate_
 log = logging.getLogger("soulgate.agents")
 
 MAX_TOOL_RESULT_CHARS = 8000
+_DISPATCH_HISTORY = 50  # messages the dispatcher puts in Turn.history
 _AUDIT_CHARS = 500
 
 
@@ -203,9 +204,13 @@ async def run_turn(
                                            agent=soul.name, runs=run.runs)
         except Exception:  # recall is a help, not a requirement for answering
             log.exception("memory recall failed for agent %s", soul.name)
+    history: Sequence[HistoryEntry] = turn.history
+    if len(history) >= _DISPATCH_HISTORY and soul.memory.history_turns * 2 > len(history):
+        # the pipeline hands over its newest 50 messages; this SOUL asked for more turns
+        history = await turn.services.history(env.conversation_key, soul.memory.history_turns * 3)
     messages: list[dict[str, Any]] = [
         {"role": "system", "content": build_system_prompt(soul, turn, memories)},
-        *bounded_history(turn.history, soul.memory.history_turns, soul.memory.history_tokens),
+        *bounded_history(history, soul.memory.history_turns, soul.memory.history_tokens),
         {"role": "user", "content": env.text},
     ]
     specs = [_tool_spec(tool) for _plugin, tool in run.tools.values()]

@@ -139,7 +139,12 @@ class AgentResponder:
                 old.close()
 
     async def reload(self, services: Services) -> list[str]:
-        problems = self.load()
+        try:
+            problems = self.load()
+        except Exception as exc:  # e.g. the directory became unreadable: keep what is loaded
+            log.exception("reloading the SOUL files failed")
+            return [f"{_soul_dir(services.config)}: reload failed, keeping the loaded agents: "
+                    f"{type(exc).__name__}: {exc}"]
         for p in problems:
             log.error("SOUL file problem: %s", p)
         return problems

@@ -272,3 +272,25 @@ async def test_without_soul_files_the_default_agent_is_built_in(
         assert await h.ask("hello") == "echo: hello"
         assert "helpful assistant reachable through a chat gateway" in _system(fake_llm.last_request)
         assert set(fake_llm.last_request.tool_names) == {"remember", "recall", "forget"}
+
+
+async def test_a_soul_may_see_more_history_than_the_pipeline_hands_over(
+    soulgate_database_url: str, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    from storage import ConversationRepo
+
+    write_soul(tmp_path, "assistant", "memory:\n  history_turns: 40\n  history_tokens: 100000")
+    write_soul(tmp_path, "brief", "memory:\n  history_turns: 2")
+    config = agent_config(fake_llm, tmp_path, routes=[{"agent": "brief", "conversation": "conv-2"}])
+    async with running_gateway(soulgate_database_url, config=config) as h:
+        for conv in ("conv-1", "conv-2"):
+            entries = [(role, f"{role} {i}", {}) for i in range(35) for role in ("user", "assistant")]
+            async with h.gateway.store.db.transaction() as conn:
+                await ConversationRepo.append(conn, make_envelope("x", conversation=conv).conversation_key,
+                                              None, entries)
+        await h.ask("and now?")
+        contents = [m["content"] for m in fake_llm.last_request.messages[1:]]
+        assert len(contents) == 71 and contents[0] == "user 0"  # all 35 turns, not the newest 50 messages and contents[-1] == "and now?"
+        await h.ask("and now?", conversation="conv-2")
+        contents = [m["content"] for m in fake_llm.last_request.messages[1:]]
+        assert contents == ["user 33", "assistant 33", "user 34", "assistant 34", "and now?"]
