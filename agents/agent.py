@@ -121,7 +121,7 @@ class _TurnRun:
             meta["model"] = model
         if error:
             meta["error"] = True
-        return TurnResult(replies=[Reply(text=text, meta={"agent": self.soul.name})],
+        return TurnResult(replies=[Reply(text=text, meta=dict(meta))],
                           history=[HistoryEntry("assistant", text, meta)], audit=self.audit, runs=self.runs)
 
     async def call_tool(self, name: str, raw_args: str, step: int) -> str:
