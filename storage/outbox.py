@@ -121,11 +121,18 @@ class OutboxRepo:
         )
 
     async def next_due_in(self) -> float | None:
-        """Seconds until the earliest pending row is due (None: nothing pending)."""
+        """Seconds until the earliest claimable pending row is due (None: none).
+
+        Rows queued behind a live earlier row of their destination do not count:
+        the worker that finishes the earlier row claims them next, so waking up
+        for them would only spin.
+        """
         async with self.db.pool.acquire() as conn:
             return await conn.fetchval(
-                "SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - clock_timestamp()))"
-                "::float8 FROM outbox WHERE status = 'pending'"
+                "SELECT greatest(0, extract(epoch FROM min(o.next_attempt_at) - clock_timestamp()))"
+                "::float8 FROM outbox o WHERE o.status = 'pending' AND NOT EXISTS ("
+                " SELECT 1 FROM outbox p WHERE p.destination = o.destination"
+                " AND p.status IN ('pending', 'sending') AND p.id < o.id)"
             )
 
     async def _finish(self, item: OutboxItem, sql: str, *args: Any) -> bool:
