@@ -182,9 +182,12 @@ class AdapterSpec:
     config_model: type[BaseModel] | None = None
     description: str = ""
 
+    def validate(self, raw_config: dict[str, Any]) -> Any:
+        """The account's table validated by ``config_model`` (raises pydantic's ValidationError)."""
+        if self.config_model is None:
+            return raw_config
+        return self.config_model.model_validate(raw_config)
+
     def build(self, account: str, raw_config: dict[str, Any]) -> Adapter:
-        cfg: Any = raw_config
-        if self.config_model is not None:
-            cfg = self.config_model.model_validate(raw_config)
-        return self.factory(account, cfg)
+        return self.factory(account, self.validate(raw_config))
 

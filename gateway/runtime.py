@@ -167,12 +167,13 @@ class Gateway:
         self._workers: list[asyncio.Task[Any]] = []
         self._runners: list[Any] = []
         self._started_adapters: list[Adapter] = []
+        self._plans: list[tuple[AdapterSpec, str, Any]] = []
         #: turns and sends running now (drained on stop)
         self.inflight = 0
 
     # -- plugins and adapters (no database needed; also used by `soulgate check`) --------
 
-    def load_plugins(self) -> list[str]:
+    def load_plugins(self, *, build: bool = True) -> list[str]:
         """Load plugins, their config tables, skills, responder and channel specs; returns problems."""
         self.plugins.error_reporter = self._report_plugin_error
         self.plugins.load_defaults(self.config.plugins.modules, entry_points=self._entry_points)
@@ -211,7 +212,11 @@ class Gateway:
                 self.adapter_specs[spec.channel] = (plugin, spec)
         self._drop_failed_plugins()
         problems[:0] = self.plugins.problems()
-        problems.extend(self.build_adapters())
+        if build:
+            problems.extend(self.build_adapters())
+        else:
+            self._plans, plan_problems = self.plan_adapters()
+            problems.extend(plan_problems)
         return problems
 
     def _drop_failed_plugins(self) -> None:
@@ -229,6 +234,17 @@ class Gateway:
         }
 
     def build_adapters(self) -> list[str]:
+        """Validate every ``[channels.*.*]`` table, then build its adapter; returns problems."""
+        plans, problems = self.plan_adapters()
+        return problems + self.instantiate_adapters(plans)
+
+    def plan_adapters(self) -> tuple[list[tuple[AdapterSpec, str, Any]], list[str]]:
+        """Validate the channel tables against each channel's model, without building anything.
+
+        Cheap (no platform SDK is imported), so a bad table is refused before the
+        database is touched.
+        """
+        plans: list[tuple[AdapterSpec, str, Any]] = []
         problems: list[str] = []
         for channel, accounts in self.config.channels.items():
             if channel not in self.adapter_specs:
@@ -243,14 +259,21 @@ class Gateway:
                 if raw.get("enabled", True) is False:
                     continue
                 try:
-                    adapter = spec.build(account, {k: v for k, v in raw.items() if k != "enabled"})
+                    cfg = spec.validate({k: v for k, v in raw.items() if k != "enabled"})
                 except ValidationError as exc:
                     problems.extend(format_validation_error(exc, f"channels.{channel}.{account}"))
                     continue
-                except (ValueError, ConfigError) as exc:
-                    problems.append(f"channels.{channel}.{account}: {exc}")
-                    continue
-                self.adapters[(channel, account)] = adapter
+                plans.append((spec, account, cfg))
+        return plans, problems
+
+    def instantiate_adapters(self, plans: list[tuple[AdapterSpec, str, Any]]) -> list[str]:
+        """Build the planned adapters (this imports the platform SDKs they need)."""
+        problems: list[str] = []
+        for spec, account, cfg in plans:
+            try:
+                self.adapters[(spec.channel, account)] = spec.factory(account, cfg)
+            except (ValueError, ConfigError) as exc:
+                problems.append(f"channels.{spec.channel}.{account}: {exc}")
         return problems
 
     def add_adapter(self, adapter: Adapter) -> None:
@@ -308,7 +331,7 @@ class Gateway:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        problems = self.load_plugins()
+        problems = self.load_plugins(build=False)
         fatal = [p for p in problems if not p.startswith("plugin ")]
         for p in problems:
             log.error("%s", p)
@@ -316,6 +339,17 @@ class Gateway:
             raise ConfigError(fatal)
         await self._connect()
         await self._ensure_admin_token()
+        from .http import start_admin, start_public  # aiohttp.web only when serving
+
+        if self.config.admin.enabled:
+            # Up before the platform SDKs load, so /healthz answers (and /readyz says 503) meanwhile.
+            self._runners.append(await start_admin(self))
+        # Building adapters imports their SDKs (seconds for some): off the event loop.
+        build_problems = await asyncio.to_thread(self.instantiate_adapters, self._plans)
+        if build_problems:
+            for p in build_problems:
+                log.error("%s", p)
+            raise ConfigError(build_problems)
         await self.plugins.flush_pending()  # audit and count load-time plugin failures
         expected = self.plugins.hook_plugins("soulgate_startup")
         started = {p for p, _ in await self.plugins.call_each("soulgate_startup", services=self.services)}
@@ -333,13 +367,9 @@ class Gateway:
             for adapter in self.adapters.values():
                 await adapter.start(_AdapterContext(self, adapter))
                 self._started_adapters.append(adapter)
-        from .http import start_admin, start_public  # aiohttp only when serving
-
         if self.public_routes or self.config.http.enabled:
             if self.config.http.enabled is not False:
                 self._runners.append(await start_public(self))
-        if self.config.admin.enabled:
-            self._runners.append(await start_admin(self))
         self.ready = True
         self.metrics.ready.set(1)
         log.info("soulgate %s ready (role %s, %d adapters)", self.instance_id, self.role, len(self.adapters))

@@ -124,3 +124,47 @@ async def test_admin_token_is_generated_once_and_kept(soulgate_database_url: str
             async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
                 assert r.status == 200
     assert token not in capsys.readouterr().out  # printed only at the first start
+
+
+async def test_admin_answers_while_channel_sdks_load(soulgate_database_url: str) -> None:
+    """Adapters are built off the event loop after the admin endpoint is up."""
+    import threading
+    import types
+
+    from gateway import AdapterSpec, hookimpl
+    from gateway.runtime import Gateway
+    from gateway.testing import FakeAdapter
+
+    release = threading.Event()
+
+    def slow_factory(account: str, cfg: object) -> FakeAdapter:
+        release.wait(30)  # an SDK import that takes its time
+        return FakeAdapter(account)
+
+    @hookimpl
+    def soulgate_adapters() -> list[AdapterSpec]:
+        return [AdapterSpec(channel="slowpoke", factory=slow_factory)]
+
+    plugin = types.SimpleNamespace(soulgate_adapters=soulgate_adapters)
+    config = test_config({"channels": {"slowpoke": {"main": {}}}})
+    gw = Gateway(config, extra_plugins=[("slowpoke", plugin)], entry_points=False,
+                 database_url=soulgate_database_url)
+    starting = asyncio.create_task(gw.start())
+    try:
+        for _ in range(300):
+            if gw.admin_port is not None:
+                break
+            await asyncio.sleep(0.05)
+        base = f"http://127.0.0.1:{gw.admin_port}"
+        auth = {"Authorization": "Bearer test-admin-token"}
+        async with aiohttp.ClientSession(headers=auth) as http:
+            assert await _status(http, f"{base}/healthz") == 200
+            assert await _status(http, f"{base}/readyz") == 503
+            assert not starting.done()
+            release.set()
+            await asyncio.wait_for(starting, 30)
+            assert await _status(http, f"{base}/readyz") == 200
+            assert ("slowpoke", "main") in gw.adapters
+    finally:
+        release.set()
+        await gw.stop()
