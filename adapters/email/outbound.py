@@ -61,7 +61,8 @@ def compose(reply: Reply, address: ReplyAddress, config: EmailConfig, message_id
     try:
         msg["From"] = _address(config.display_name, config.address)
         msg["To"] = _address(data.get("to_name"), to)
-        msg["Subject"] = reply_subject(str(data.get("subject") or ""))
+        # a stored address is data, not headers: no line breaks get through to become headers
+        msg["Subject"] = reply_subject(" ".join(str(data.get("subject") or "").split()))
         msg["Date"] = email.utils.format_datetime(datetime.now(UTC))
         msg["Message-ID"] = message_id
         parent = data.get("message_id")
