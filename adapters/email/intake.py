@@ -102,10 +102,14 @@ class Intake:
             return await self.unreadable(raw, f"{type(exc).__name__}: {exc}", **where)
         await self._keep_attachments(mail, message_key(mail, envelope.external_id))
         result = await self.ctx.admit(envelope)  # the inbox commit; errors escape: fetch again later
+        if not result.inbox_id:  # the gateway stores nothing without text or attachments
+            await self.ctx.audit("email_ignored", {"reason": "empty message", **where, **summary(mail)})
+            if mail.message_id:
+                await self.threads.remember(mail.message_id, conversation, handled="ignored")
+            self.counts["ignored"] += 1
+            return Outcome("ignored", "empty message")
         if result.created:
             await self._count(mail.from_addr or mail.reply_addr, conversation)
-        elif not result.inbox_id:  # nothing to answer: no text, no attachment
-            await self.ctx.audit("email_ignored", {"reason": "empty message", **where, **summary(mail)})
         await self.threads.remember_token(conversation)
         if mail.message_id:
             await self.threads.remember(mail.message_id, conversation)

@@ -299,6 +299,7 @@ async def test_auto_replies_lists_bounces_and_own_mail_are_not_answered(
             mm.plain_text_message(from_="Soulgate Bot <bot@example.org>"),
             mm.plain_text_message(from_="Shop <no-reply@shop.example.com>"),
             mm.plain_text_message(return_path="<>"),
+            mm.plain_text_message(" \n", subject=""),  # nothing to answer
         ]
         for raw in loops:
             await imap_server.deliver(raw)
@@ -320,6 +321,7 @@ async def test_auto_replies_lists_bounces_and_own_mail_are_not_answered(
             "sent by this mailbox itself",
             "automated sender no-reply@shop.example.com",
             "null sender (Return-Path: <>)",
+            "empty message",
         ]
         assert all(d["uid"] and d["message_id"] for d in ignored)
         assert len(await inbox_envelopes(h)) == 1  # not admitted: the audit row is the record
