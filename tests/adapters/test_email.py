@@ -232,6 +232,59 @@ async def test_dropped_connection_is_replaced_and_polled(
         assert adapter.status()["last_error"] is None or "IMAP" in adapter.status()["last_error"]
 
 
+class FreezingProxy:
+    """A TCP relay to the IMAP server that can go silent without closing anything,
+    like a NAT box that forgot the connection: only timeouts can notice."""
+
+    def __init__(self, target: FakeImapServer) -> None:
+        self.target = target
+        self.frozen: set[asyncio.StreamWriter] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    owner: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if owner in self.frozen:
+                continue  # swallowed: the other side never hears of it
+            writer.write(data)
+            await writer.drain()
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.target.host, self.target.port)
+        self.writers.append(writer)
+        await asyncio.gather(self._pipe(reader, up_writer, writer), self._pipe(up_reader, writer, writer),
+                             return_exceptions=True)
+
+    def freeze_all(self) -> None:
+        self.frozen.update(self.writers)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[FreezingProxy]:
+        server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            for w in self.writers:
+                w.close()
+            server.close()
+
+
+async def test_a_silently_dead_connection_is_detected_by_timeouts_and_replaced(
+    soulgate_database_url: str, imap_server: FakeImapServer, smtp_server: FakeSmtpServer
+) -> None:
+    async with FreezingProxy(imap_server).running() as proxy:
+        over = {"port": proxy.port, "idle_renew_seconds": 1, "poll_interval_seconds": 600, "timeout_seconds": 1}
+        async with email_gateway(soulgate_database_url, imap_server, smtp_server, imap=over) as h:
+            adapter = adapter_of(h)
+            await eventually(lambda: adapter.status()["idling"])
+            proxy.freeze_all()  # no FIN, no RST: the IDLE just never ends
+            await imap_server.deliver(mm.plain_text_message("Anyone there?\n"))
+            await smtp_server.wait_for_messages(1, timeout=15)
+            assert adapter.status()["connects"] >= 2
+
+
 async def test_killed_after_fetch_before_admit_is_answered_once_after_restart(
     soulgate_database_url: str, imap_server: FakeImapServer, smtp_server: FakeSmtpServer
 ) -> None:
