@@ -16,15 +16,21 @@ from .factories import (
     telegram_envelope,
 )
 from .fake_adapter import FakeAdapter, SentMessage, make_envelope
+from .fake_llm import FakeLLM, Fault, Text, ToolCall, ToolCalls, start_fake_llm
 from .harness import GatewayHarness, fresh_database, running_gateway, test_config, test_server_url
 from .plugin import GatewayFactory
 
 __all__ = [
     "FakeAdapter",
+    "FakeLLM",
+    "Fault",
     "GatewayFactory",
     "GatewayHarness",
     "PluginInfo",
     "SentMessage",
+    "Text",
+    "ToolCall",
+    "ToolCalls",
     "console_envelope",
     "email_envelope",
     "fake_channel",
@@ -33,6 +39,7 @@ __all__ = [
     "make_envelope",
     "running_gateway",
     "slack_envelope",
+    "start_fake_llm",
     "teams_envelope",
     "telegram_envelope",
     "test_config",

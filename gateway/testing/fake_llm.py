@@ -1,4 +1,4 @@
-"""Fake OpenAI-compatible LLM server for tests and benchmarks.
+"""Fake OpenAI-compatible LLM server for tests and benchmarks (part of the plugin test kit).
 
 The gateway talks to models through litellm, which for ``openai/<name>`` models
 with an ``api_base`` speaks the plain OpenAI HTTP API. This module serves that
@@ -48,6 +48,25 @@ from typing import Any, Literal, TypeAlias
 
 import pytest_asyncio
 from aiohttp import web
+
+__all__ = [
+    "ANY_MODEL",
+    "DEFAULT_EMBEDDING_DIM",
+    "FakeLLM",
+    "Fault",
+    "RecordedRequest",
+    "Text",
+    "ToolCall",
+    "ToolCalls",
+    "Usage",
+    "content_text",
+    "cosine",
+    "count_tokens",
+    "fake_llm",
+    "hash_embedding",
+    "prompt_token_count",
+    "start_fake_llm",
+]
 
 ANY_MODEL = "*"
 """Script key that applies to every model without a script of its own."""
