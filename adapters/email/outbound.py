@@ -117,6 +117,10 @@ def _refusal(step: str, exc: aiosmtplib.SMTPResponseException) -> Exception:
 
 async def deliver(msg: EmailMessage, config: EmailConfig, recipients: list[str]) -> None:
     settings = config.smtp
+    try:
+        data = msg.as_bytes()
+    except (UnicodeError, ValueError) as exc:  # e.g. a non-ASCII address (SMTPUTF8 is not used)
+        raise PermanentDeliveryError(f"cannot encode the mail: {exc}") from exc
     smtp = _client(settings, settings.helo_name or config.domain)
     step = "connect"
     try:
@@ -140,13 +144,15 @@ async def deliver(msg: EmailMessage, config: EmailConfig, recipients: list[str])
             step = "RCPT TO"
             await smtp.rcpt(rcpt)
         step = "DATA"
-        await smtp.data(msg.as_bytes())
+        await smtp.data(data)
     except aiosmtplib.SMTPResponseException as exc:
         raise _refusal(step, exc) from exc
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError, TimeoutError) as exc:
         if step == "DATA":
             raise OutcomeUnknown(f"SMTP connection lost during DATA: {type(exc).__name__}: {exc}") from exc
         raise TransientDeliveryError(f"SMTP {step} failed: {type(exc).__name__}: {exc}") from exc
+    except (aiosmtplib.SMTPNotSupported, UnicodeEncodeError) as exc:  # a non-ASCII address, no SMTPUTF8
+        raise PermanentDeliveryError(f"SMTP {step}: cannot be sent: {exc}") from exc
     except aiosmtplib.SMTPException as exc:
         raise TransientDeliveryError(f"SMTP {step} failed: {type(exc).__name__}: {exc}") from exc
     finally:

@@ -250,6 +250,11 @@ async def test_smtp_refusals_are_classified(smtp_server: FakeSmtpServer) -> None
     smtp_server.reject_recipients.add("ghost@example.org")
     with pytest.raises(PermanentDeliveryError, match="RCPT TO refused: 550"):
         await deliver(msg, cfg, ["ghost@example.org"])
+    # a non-ASCII address needs SMTPUTF8, which this server does not offer: retrying cannot help
+    intl = compose(Reply(text="x"), _address(to="jürgen@example.org"), cfg, "<m@x>")
+    with pytest.raises(PermanentDeliveryError):
+        await deliver(intl, cfg, ["jürgen@example.org"])
+    assert smtp_server.messages == []
     refused = config(smtp={"host": "127.0.0.1", "port": 1, "tls": "none", "timeout_seconds": 5})
     with pytest.raises(TransientDeliveryError, match="connection failed"):
         await deliver(msg, refused, ["alice@example.org"])
