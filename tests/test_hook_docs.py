@@ -18,12 +18,14 @@ import pytest
 
 from gateway import hookspecs
 from gateway.plugins import PluginManager
+from gateway.testing import plugin as kit
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 HOOKS_MD = DOCS / "hooks.md"
 # soulgate_* names in the docs that are not hooks: metrics, fixtures, example packages
 NOT_HOOKS = {
-    "soulgate_plugin_errors", "soulgate_gateway", "soulgate_database_url", "soulgate_server_url",
+    *kit.__all__,  # the test kit's fixtures and helpers
+    "soulgate_plugin_errors",
     "soulgate_myplugin", "soulgate_greeter", "soulgate_turns", "soulgate_admitted",
     "soulgate_inbund",  # hooks.md's example of a misspelt hook
 }
