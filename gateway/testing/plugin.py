@@ -22,7 +22,14 @@ import pytest_asyncio
 from .fake_llm import FakeLLM, start_fake_llm
 from .harness import GatewayHarness, fresh_database, running_gateway, test_server_url
 
-__all__ = ["GatewayFactory", "soulgate_database_url", "soulgate_gateway", "soulgate_server_url"]
+__all__ = [
+    "GatewayFactory",
+    "soulgate_database_url",
+    "soulgate_fake_llm",
+    "soulgate_gateway",
+    "soulgate_model_config",
+    "soulgate_server_url",
+]
 
 #: the type of the ``soulgate_gateway`` fixture, for annotating tests
 GatewayFactory = Callable[..., AbstractAsyncContextManager[GatewayHarness]]
