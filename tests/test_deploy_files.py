@@ -148,8 +148,14 @@ def _ports(service: dict[str, Any]) -> list[tuple[str | None, int]]:
     return out
 
 
-def test_published_ports_match_the_config(gateway_service: dict[str, Any], docker_config: Config) -> None:
-    ports = dict((port, ip) for ip, port in _ports(gateway_service))
+def test_published_ports_match_the_config(
+    compose: dict[str, Any], gateway_service: dict[str, Any], docker_config: Config
+) -> None:
+    # The proxy publishes the ports, so `--scale gateway=N` never clashes on a host port.
+    assert "ports" not in gateway_service, "replicas must not bind host ports (compose --scale)"
+    assert {int(p) for p in gateway_service["expose"]} == {docker_config.admin.port, docker_config.http.port}
+    proxy = compose["services"]["proxy"]
+    ports = dict((port, ip) for ip, port in _ports(proxy))
     assert ports.get(docker_config.admin.port) == "127.0.0.1", "admin is published on the host's loopback only"
     assert docker_config.http.port in ports, "the public webhook port is published"
     # inside the container the listeners must accept connections from the published port
@@ -253,4 +259,13 @@ def test_dockerfile_volumes_and_ports_match_compose(gateway_service: dict[str, A
     volumes = {v for i, a in steps if i == "VOLUME" for v in _args(a)}
     assert volumes == set(mounts(gateway_service)), "the image's volumes are what compose mounts"
     exposed = {int(p) for i, a in steps if i == "EXPOSE" for p in a.split()}
-    assert {port for _ip, port in _ports(gateway_service)} == exposed
+    assert {int(p) for p in gateway_service["expose"]} == exposed
+
+
+def test_proxy_forwards_both_ports_to_every_replica(compose: dict[str, Any], docker_config: Config) -> None:
+    proxy = compose["services"]["proxy"]
+    conf_mount = next(m for m in proxy["volumes"] if "nginx.conf" in m)
+    conf = (REPO / conf_mount.split(":")[0].removeprefix("./")).read_text()
+    assert "resolver 127.0.0.11" in conf, "re-resolve the service name so new replicas are used"
+    for port in (docker_config.admin.port, docker_config.http.port):
+        assert f"listen {port};" in conf and f"proxy_pass http://$gateway:{port};" in conf
