@@ -194,6 +194,11 @@ class Envelope:
     account in the inbox); ``alt_ids`` are further natural keys under which the
     same event may arrive again (Slack's ``app_mention`` + ``message`` twins,
     Telegram's webhook vs. polling, an email seen under a new UIDVALIDITY).
+
+    ``agent`` is set only by a channel whose protocol names the agent itself (the
+    http channel's ``model``): the router then uses it instead of the matching
+    route's agent. It is a field rather than a key in ``raw`` so no platform
+    payload can ever choose an agent.
     """
 
     channel: str
@@ -210,6 +215,7 @@ class Envelope:
     segments: tuple[Segment, ...] = ()
     alt_ids: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)
+    agent: str | None = None
 
     @property
     def conversation_key(self) -> str:
@@ -221,7 +227,7 @@ class Envelope:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "channel": self.channel,
             "account": self.account,
@@ -237,6 +243,9 @@ class Envelope:
             "reply_to": self.reply_to.to_json(),
             "raw": self.raw,
         }
+        if self.agent is not None:  # only then: every other envelope keeps its JSON unchanged
+            out["agent"] = self.agent
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Envelope:
@@ -258,6 +267,7 @@ class Envelope:
             segments=tuple(Segment.from_json(s) for s in data.get("segments", ())),
             reply_to=ReplyAddress.from_json(data["reply_to"]),
             raw=dict(data.get("raw") or {}),
+            agent=str(data["agent"]) if data.get("agent") is not None else None,
         )
 
 

@@ -42,6 +42,8 @@ def _score(route: RouteConfig, env: Envelope) -> int | None:
 
 
 def resolve_route(env: Envelope, routes: Sequence[RouteConfig], default_agent: str) -> Route:
+    """The most specific matching route; ``env.agent`` (a channel that names the agent,
+    such as the http channel's ``model``) replaces its agent but keeps its other settings."""
     best: tuple[int, int, RouteConfig] | None = None
     for index, route in enumerate(routes):
         score = _score(route, env)
@@ -49,10 +51,10 @@ def resolve_route(env: Envelope, routes: Sequence[RouteConfig], default_agent: s
         if score is not None and (best is None or score > best[0]):
             best = (score, index, route)
     if best is None:
-        return Route(agent=default_agent)
+        return Route(agent=env.agent or default_agent)
     r = best[2]
     return Route(
-        agent=r.agent,
+        agent=env.agent or r.agent,
         require_mention=r.require_mention,
         allowed_senders=tuple(r.allowed_senders),
         options=dict(r.options),
