@@ -15,11 +15,13 @@ from .memories import MemoryRepo
 from .notify import listen_forever
 from .outbox import OUTBOX_CHANNEL, OutboxItem, OutboxRepo, PendingChunk
 from .ratelimit import RateLimiter
+from .replies import HTTP_REPLY_CHANNEL, RepliesRepo, TurnProgress
 from .runs import RunsRepo
 from .state import StateRepo, leadership
 from .turns import TurnRecord, commit_turn
 
 __all__ = [
+    "HTTP_REPLY_CHANNEL",
     "INBOX_CHANNEL",
     "OUTBOX_CHANNEL",
     "RUN_FIELDS",
@@ -35,9 +37,11 @@ __all__ = [
     "OutboxRepo",
     "PendingChunk",
     "RateLimiter",
+    "RepliesRepo",
     "RunsRepo",
     "StateRepo",
     "Store",
+    "TurnProgress",
     "TurnRecord",
     "commit_turn",
     "create_database",
@@ -62,3 +66,4 @@ class Store:
         self.state = StateRepo(db)
         self.memories = MemoryRepo(db)
         self.runs = RunsRepo(db)
+        self.replies = RepliesRepo(db)
