@@ -15,11 +15,14 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel
 
 from .envelope import Attachment, Envelope, Reply, ReplyAddress
+
+if TYPE_CHECKING:
+    from .services import Services
 
 __all__ = [
     "Adapter",
@@ -70,6 +73,9 @@ class AdapterContext(Protocol):
 
     instance_id: str
     log: logging.Logger
+    #: what plugins get (store, objects other plugins provide, config); for adapters that
+    #: need more than admitting, e.g. the http channel waiting for a reply another instance delivers
+    services: Services
 
     async def admit(self, envelope: Envelope) -> AdmitResult:
         """Store the envelope durably; returns after the commit. Idempotent per natural key."""

@@ -90,6 +90,7 @@ class _AdapterContext:
         self._gw = gw
         self._adapter = adapter
         self.instance_id = gw.instance_id
+        self.services = gw.services
         self.log = logging.getLogger(f"soulgate.adapters.{adapter.channel}.{adapter.account}")
 
     async def admit(self, envelope: Envelope) -> AdmitResult:
