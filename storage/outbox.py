@@ -128,12 +128,15 @@ class OutboxRepo:
         for them would only spin.
         """
         async with self.db.pool.acquire() as conn:
-            return await conn.fetchval(
-                "SELECT greatest(0, extract(epoch FROM min(o.next_attempt_at) - clock_timestamp()))"
-                "::float8 FROM outbox o WHERE o.status = 'pending' AND NOT EXISTS ("
+            # (not greatest(0, …) in SQL: GREATEST ignores NULL, so "nothing pending"
+            # would read as "due now" and idle workers would spin)
+            due = await conn.fetchval(
+                "SELECT extract(epoch FROM min(o.next_attempt_at) - clock_timestamp())::float8"
+                " FROM outbox o WHERE o.status = 'pending' AND NOT EXISTS ("
                 " SELECT 1 FROM outbox p WHERE p.destination = o.destination"
                 " AND p.status IN ('pending', 'sending') AND p.id < o.id)"
             )
+        return None if due is None else max(0.0, float(due))
 
     async def _finish(self, item: OutboxItem, sql: str, *args: Any) -> bool:
         async with self.db.pool.acquire() as conn:

@@ -351,3 +351,21 @@ async def test_command_for_another_bot_is_not_answered(soulgate_database_url: st
         await h.expect_reply("Commands")
         await h.idle()
         assert len(h.adapter.sent) == 1
+
+
+async def test_idle_delivery_workers_sleep_instead_of_spinning(soulgate_database_url: str) -> None:
+    async with running_gateway(soulgate_database_url) as h:
+        outbox = h.gateway.store.outbox
+        assert await outbox.next_due_in() is None  # empty: nothing is due (was 0, a busy loop)
+        claims = 0
+        original = outbox.claim
+
+        async def counting_claim(*args: Any, **kwargs: Any) -> Any:
+            nonlocal claims
+            claims += 1
+            return await original(*args, **kwargs)
+
+        outbox.claim = counting_claim  # type: ignore[method-assign]
+        await asyncio.sleep(1.0)
+        # 4 workers waking every idle_poll_seconds (0.2 s) make ~20 claims; spinning made hundreds
+        assert claims < 60, claims
