@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "adapters.slack",
     "adapters.telegram",
     "adapters.teams",
+    "adapters.http",
     "adapters.email",
     "plugins.core",
     "plugins.time",
