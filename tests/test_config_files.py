@@ -32,7 +32,7 @@ from gateway.runtime import Gateway
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT = REPO / "config" / "soulgate.toml"
 EXAMPLE = REPO / "config" / "soulgate.example.toml"
-CHANNELS = ("telegram", "slack", "teams", "email")
+CHANNELS = ("telegram", "slack", "teams", "email", "http")
 #: fields the loader fills in itself; a config file may not set them
 INTERNAL = {"source", "base_dir"}
 #: variables the shipped files read; cleared so the tests see the files' own defaults
