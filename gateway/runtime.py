@@ -15,18 +15,19 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterable
-from contextlib import AbstractAsyncContextManager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
 from pydantic import ValidationError
 
-from storage import Database, PendingChunk, Store, leadership, listen_forever, start_embedded
+from storage import Database, PendingChunk, Store, listen_forever, start_embedded
 
 from .adapter import Adapter, AdapterSpec, AdmitResult, WebHandler
 from .config import Config, format_validation_error
+from .context import AdapterContextImpl, SkillRegistry, Wakeups
 from .delivery import Deliverer
 from .dispatch import Dispatcher
 from .envelope import Envelope, Reply, ReplyAddress
@@ -34,7 +35,6 @@ from .errors import ConfigError
 from .metrics import Metrics
 from .plugins import PluginManager
 from .services import Services
-from .skills import Command, Tool
 from .turn import Responder
 
 __all__ = ["Gateway", "Role", "SkillRegistry", "embedded_data_dir"]
@@ -47,85 +47,6 @@ def embedded_data_dir(config: Config) -> Path:
     if config.database.data_dir:
         return config.resolve(config.database.data_dir)
     return Path(platformdirs.user_data_dir("soulgate")) / "pgdata"
-
-
-class SkillRegistry:
-    """Commands and tools by name, with the plugin that owns each."""
-
-    def __init__(self) -> None:
-        self.commands: dict[str, tuple[str, Command]] = {}
-        self.tools: dict[str, tuple[str, Tool]] = {}
-        self.problems: list[str] = []
-
-    def collect(self, results: Iterable[tuple[str, Any]]) -> None:
-        for plugin, skills in results:
-            for skill in skills or ():
-                table: dict[str, Any]
-                if isinstance(skill, Command):
-                    table, kind = self.commands, "command"
-                elif isinstance(skill, Tool):
-                    table, kind = self.tools, "tool"
-                else:
-                    self.problems.append(f"plugin {plugin!r}: soulgate_skills returned {skill!r}")
-                    continue
-                if skill.name in table:
-                    self.problems.append(
-                        f"plugin {plugin!r}: {kind} {skill.name!r} is already provided by plugin "
-                        f"{table[skill.name][0]!r}; keeping the first"
-                    )
-                    continue
-                table[skill.name] = (plugin, skill)
-
-
-class _Wakeups:
-    def __init__(self) -> None:
-        self.inbox = asyncio.Event()
-        self.outbox = asyncio.Event()
-
-
-class _AdapterContext:
-    """The :class:`gateway.AdapterContext` handed to each adapter."""
-
-    def __init__(self, gw: Gateway, adapter: Adapter) -> None:
-        self._gw = gw
-        self._adapter = adapter
-        self.instance_id = gw.instance_id
-        self.services = gw.services
-        self.log = logging.getLogger(f"soulgate.adapters.{adapter.channel}.{adapter.account}")
-
-    async def admit(self, envelope: Envelope) -> AdmitResult:
-        return await self._gw.admit(envelope)
-
-    async def remember_conversation(self, envelope: Envelope) -> None:
-        async with self._gw.store.db.transaction() as conn:
-            await self._gw.store.conversations.touch(conn, envelope)
-
-    def add_route(self, method: str, path: str, handler: WebHandler) -> None:
-        self._gw.public_routes.append((method.upper(), path, handler))
-
-    def leadership(self, name: str) -> AbstractAsyncContextManager[None]:
-        return leadership(self._gw.store.db, f"soulgate:{name}")
-
-    async def get_state(self, key: str) -> Any:
-        return await self._gw.store.state.get(self._key(key))
-
-    async def set_state(self, key: str, value: Any) -> None:
-        await self._gw.store.state.set(self._key(key), value)
-
-    def _key(self, key: str) -> str:
-        return f"adapter:{self._adapter.channel}:{self._adapter.account}:{key}"
-
-    async def audit(self, kind: str, detail: dict[str, Any], envelope: Envelope | None = None) -> None:
-        await self._gw.services.audit(
-            kind, {"channel": self._adapter.channel, "account": self._adapter.account, **detail},
-            plugin=self._adapter.channel, envelope=envelope,
-        )
-
-    async def ticks(self, interval: float) -> AsyncIterator[None]:
-        while not self._gw.stopping.is_set():
-            yield None
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._gw.stopping.wait(), interval)
 
 
 class Gateway:
@@ -157,7 +78,7 @@ class Gateway:
         self.adapter_specs: dict[str, tuple[str, AdapterSpec]] = {}
         self.adapters: dict[tuple[str, str], Adapter] = {}
         self.public_routes: list[tuple[str, str, WebHandler]] = []
-        self.wakeups = _Wakeups()
+        self.wakeups = Wakeups()
         self.stopping = asyncio.Event()
         self.ready = False
         self.db_ok = True
@@ -366,7 +287,7 @@ class Gateway:
             self._start_workers()
         if self.role in ("all", "ingress"):
             for adapter in self.adapters.values():
-                await adapter.start(_AdapterContext(self, adapter))
+                await adapter.start(AdapterContextImpl(self, adapter))
                 self._started_adapters.append(adapter)
         if self.public_routes or self.config.http.enabled:
             if self.config.http.enabled is not False:
