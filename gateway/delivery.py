@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from storage import OutboxItem
+from storage import OutboxItem, connection_trouble
 
 from .errors import OutcomeUnknown, PermanentDeliveryError, RetryAfter
+from .persist import persist
 
 if TYPE_CHECKING:
     from .runtime import Gateway
@@ -64,9 +66,14 @@ class Deliverer:
         delay = min(cfg.backoff_max_seconds, cfg.backoff_base_seconds * 2 ** max(0, attempts - 1))
         return delay * random.uniform(0.8, 1.2)  # jitter: instances do not retry in lockstep
 
+    async def _record(self, write: Callable[[], Awaitable[object]]) -> None:
+        """Record an outcome this worker knows, through a short database outage: a row left
+        'sending' would be taken for "maybe sent" once its lease expires."""
+        await persist(write, within=self.gw.config.workers.lease_seconds, on_trouble=self.gw.note_db_trouble)
+
     async def _bury(self, item: OutboxItem, error: str, status: str = "dead") -> None:
         log.warning("outbox row %s %s: %s", item.id, "dead-lettered" if status == "dead" else status, error)
-        await self.gw.store.outbox.bury(item, error, status=status)
+        await self._record(lambda: self.gw.store.outbox.bury(item, error, status=status))
         self.gw.metrics.dead_letters.labels(item.address.channel).inc()
         await self.gw.store.audit.write(
             "delivery_dead" if status == "dead" else "delivery_unknown",
@@ -93,7 +100,15 @@ class Deliverer:
             await self._bury(item, "a send was interrupted; not repeated (never_twice)", "unknown")
             return
         limits = adapter.rate_limits(item.address)
-        wait = await self.gw.store.rates.reserve([(r.key, r.interval, r.burst) for r in limits])
+        try:
+            wait = await self.gw.store.rates.reserve([(r.key, r.interval, r.burst) for r in limits])
+        except Exception as exc:
+            if not connection_trouble(exc):
+                raise
+            # Nothing was sent: give the row back rather than leave it to look "maybe sent".
+            trouble = f"database trouble before sending: {exc}"
+            await self._record(lambda: self.gw.store.outbox.retry_later(item, 0.5, trouble, count=False))
+            return
         if wait > MAX_INLINE_WAIT:
             await self.gw.store.outbox.retry_later(item, wait, "waiting for rate limit", count=False)
             return
@@ -104,9 +119,10 @@ class Deliverer:
             result = await adapter.send(item.address, item.reply)
         except RetryAfter as exc:
             self.gw.metrics.delivery_failures.labels(channel, "rate_limited").inc()
+            seconds, why = exc.seconds, str(exc)
             if limits:
-                await self.gw.store.rates.penalize(limits[0].key, exc.seconds)
-            await self.gw.store.outbox.retry_later(item, exc.seconds, str(exc), count=False)
+                await self._record(lambda: self.gw.store.rates.penalize(limits[0].key, seconds))
+            await self._record(lambda: self.gw.store.outbox.retry_later(item, seconds, why, count=False))
             return
         except PermanentDeliveryError as exc:
             self.gw.metrics.delivery_failures.labels(channel, "permanent").inc()
@@ -119,7 +135,9 @@ class Deliverer:
             elif item.attempts >= max_attempts:
                 await self._bury(item, f"outcome unknown: {exc}")
             else:
-                await self.gw.store.outbox.retry_later(item, self._backoff(item.attempts), str(exc))
+                why = str(exc)
+                await self._record(lambda: self.gw.store.outbox.retry_later(
+                    item, self._backoff(item.attempts), why))
             return
         except Exception as exc:  # transient by default: the platform or the network
             self.gw.metrics.delivery_failures.labels(channel, "transient").inc()
@@ -128,7 +146,9 @@ class Deliverer:
                 await self._bury(item, f"gave up after {item.attempts} attempts: {error}")
             else:
                 log.info("send of outbox row %s failed (%s); retrying", item.id, error)
-                await self.gw.store.outbox.retry_later(item, self._backoff(item.attempts), error)
+                await self._record(lambda: self.gw.store.outbox.retry_later(
+                    item, self._backoff(item.attempts), error))
             return
-        await self.gw.store.outbox.mark_sent(item, result.platform_message_id if result else None)
+        await self._record(lambda: self.gw.store.outbox.mark_sent(
+            item, result.platform_message_id if result else None))
         self.gw.metrics.delivered.labels(channel).inc()

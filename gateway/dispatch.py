@@ -19,6 +19,7 @@ from storage import ClaimedTurn, LostClaim, PendingChunk, TurnRecord, commit_tur
 
 from .envelope import Envelope, Reply
 from .errors import PluginError
+from .persist import persist
 from .router import parse_command, resolve_route
 from .skills import CommandContext
 from .turn import Turn, TurnResult
@@ -68,7 +69,11 @@ class Dispatcher:
         started = asyncio.get_running_loop().time()
         try:
             record = await self.build_record(claim)
-            await commit_turn(self.gw.store.db, claim, record, ttl_seconds=self.gw.config.delivery.ttl_seconds)
+            # The turn has run: a database blip now must not make it run again.
+            await persist(
+                lambda: commit_turn(self.gw.store.db, claim, record, ttl_seconds=self.gw.config.delivery.ttl_seconds),
+                within=lease, on_trouble=self.gw.note_db_trouble,
+            )
             self.gw.metrics.turns.labels(record.status).inc()
         except LostClaim:
             log.warning("lease on %s was lost; another worker owns the turn", claim.inbox_id)
@@ -77,8 +82,9 @@ class Dispatcher:
         except Exception as exc:
             log.exception("turn %s could not be committed; it will be retried", claim.inbox_id)
             self.gw.note_db_trouble(exc)
-            with suppress(Exception):
-                await self.gw.store.inbox.release(claim, f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            with suppress(Exception):  # given back as soon as the database answers, not after the lease
+                await persist(lambda: self.gw.store.inbox.release(claim, error), within=lease)
         finally:
             renewer.cancel()
             typing.cancel()

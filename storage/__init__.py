@@ -5,6 +5,7 @@ from .conversations import ConversationRepo
 from .database import (
     Database,
     DatabaseUnavailable,
+    connection_trouble,
     create_database,
     drop_database,
     hide_password,
@@ -44,6 +45,7 @@ __all__ = [
     "TurnProgress",
     "TurnRecord",
     "commit_turn",
+    "connection_trouble",
     "create_database",
     "drop_database",
     "hide_password",

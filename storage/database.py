@@ -24,6 +24,7 @@ import asyncpg
 __all__ = [
     "Database",
     "DatabaseUnavailable",
+    "connection_trouble",
     "create_database",
     "drop_database",
     "hide_password",
@@ -36,6 +37,14 @@ _MIGRATION_LOCK = 0x5011_6A7E  # advisory lock key serializing migrations across
 
 class DatabaseUnavailable(Exception):
     """Postgres could not be reached; the message names the URL with the password hidden."""
+
+
+def connection_trouble(exc: BaseException) -> bool:
+    """True when ``exc`` says the database was out of reach (down, restarting, the connection
+    cut), so the same statement may well succeed in a moment; False for a statement Postgres
+    refused (a constraint, a bad value), which would fail again."""
+    return isinstance(exc, OSError | TimeoutError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError
+                      | asyncpg.exceptions.OperatorInterventionError)
 
 
 def hide_password(url: str) -> str:
