@@ -8,10 +8,33 @@ from typing import Any
 
 from .database import Database
 
-__all__ = ["MemoryRepo", "fts_query"]
+__all__ = ["HNSW_DIMS", "MemoryRepo", "fts_query"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _COLUMNS = "id, agent, content, conversation_key, created_at"
+#: embedding sizes with an HNSW index (storage/migrations/004_memories_hnsw.sql)
+HNSW_DIMS = frozenset({384, 768, 1024, 1536})
+
+
+def _nearest_sql(indexed_dim: int | None) -> str:
+    """The ``$4`` memories of user ``$1`` nearest to ``$2`` among those of model ``$3``.
+
+    With ``indexed_dim`` the query names the indexed expression and the index's
+    predicate literally (a parameter would not match a partial index in a generic
+    plan), so Postgres can walk the HNSW graph. Without it the plain column matches
+    no index: Postgres reads the user's rows (memories_user) and sorts them, exactly.
+    The size filter also keeps rows of another size, whose distance is an error, out.
+    """
+    if indexed_dim is not None:
+        distance = f"embedding::vector({indexed_dim}) <=> $2"
+        size, tiebreak = f"vector_dims(embedding) = {indexed_dim}", ""
+    else:  # the size is $5
+        distance, size, tiebreak = "embedding <=> $2", "vector_dims(embedding) = $5", ", id DESC"
+    return (
+        f"SELECT {_COLUMNS}, {distance} AS distance FROM memories"
+        f" WHERE user_key = $1 AND embedding_model = $3 AND {size}"
+        f" ORDER BY {distance}{tiebreak} LIMIT $4"
+    )
 
 
 def fts_query(text: str, max_words: int = 32) -> str | None:
@@ -93,15 +116,27 @@ class MemoryRepo:
     async def search_vector(
         self, user_key: str, embedding: Sequence[float], model: str, limit: int, min_score: float
     ) -> list[dict[str, Any]]:
-        """Cosine recall among the memories embedded by ``model``, most similar first."""
-        rows = await self.db.fetch(
-            f"SELECT {_COLUMNS}, 1 - (embedding <=> $2) AS score FROM memories"
-            " WHERE user_key = $1 AND embedding_model = $3 AND embedding IS NOT NULL"
-            " AND 1 - (embedding <=> $2) >= $5"
-            " ORDER BY embedding <=> $2, id DESC LIMIT $4",
-            user_key, list(embedding), model, limit, min_score,
-        )
-        return [_row({k: r[k] for k in r.keys() if k != "score"}, r["score"]) for r in rows]
+        """Cosine recall among the memories embedded by ``model``, most similar first.
+
+        For the sizes in :data:`HNSW_DIMS` the HNSW index answers first. An HNSW scan
+        yields only its ``hnsw.ef_search`` nearest rows of *all* users before our
+        filter, so a user owning a small share of the table may get fewer rows than
+        asked although more exist; then the exact search runs instead. When it
+        yields ``limit`` rows they are that user's nearest (as far as HNSW is exact):
+        every row of the user closer than them was among the rows it looked at.
+        """
+        if limit <= 0:
+            return []
+        vector, dim = list(embedding), len(embedding)
+        rows: list[Any] = []
+        if dim in HNSW_DIMS:
+            rows = await self.db.fetch(_nearest_sql(dim), user_key, vector, model, limit)
+        if len(rows) < limit:
+            rows = await self.db.fetch(_nearest_sql(None), user_key, vector, model, limit, dim)
+        # min_score after the LIMIT: the score falls with the distance, so this keeps the
+        # top-`limit` of those above it, and the row count above tells whether HNSW starved.
+        kept = sorted((r for r in rows if 1 - r["distance"] >= min_score), key=lambda r: (r["distance"], -r["id"]))
+        return [_row({k: r[k] for k in r.keys() if k != "distance"}, 1 - r["distance"]) for r in kept]
 
     async def unembedded(self, user_key: str, model: str, limit: int) -> list[tuple[int, str]]:
         """Memories of a user not yet embedded by ``model`` (stored before it was configured,
