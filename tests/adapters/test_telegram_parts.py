@@ -197,8 +197,8 @@ def test_media_caption_sender_chat_and_edits() -> None:
 
 def test_rate_limits_most_specific_first() -> None:
     keys = [(r.key, r.interval, r.burst) for r in rate_limits_for("42", -100)]
-    assert keys == [("telegram:42:chat:-100", 1.0, 1), ("telegram:42:group:-100", 3.0, 3),
-                    ("telegram:42:bot", 1 / 30, 30)]
+    assert keys == [("telegram:42:chat:-100", 1.05, 1), ("telegram:42:group:-100", 60 / 19, 1),
+                    ("telegram:42:bot", 1 / 28, 1)]
     assert [r.key for r in rate_limits_for("42", 7)] == ["telegram:42:chat:7", "telegram:42:bot"]
 
 
