@@ -49,13 +49,16 @@ class Books:
                 f"(of which delivered={self.parked_delivered}) dead={self.dead}")
 
 
-async def load_threads(database_url: str, channel: str) -> dict[str, Thread]:
-    """Inbox and outbox rows of ``channel``, by conversation id."""
+async def load_threads(database_url: str, channel: str, key: str = "conversation") -> dict[str, Thread]:
+    """Inbox and outbox rows of ``channel``, by conversation id (``key="sender"``: by sender id,
+    for channels such as email where the sender is what tells the test's messages apart)."""
+    if key not in ("conversation", "sender"):
+        raise ValueError(f"key must be 'conversation' or 'sender', not {key!r}")
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
             "SELECT i.id AS inbox_id, i.status AS inbox_status,"
-            " (i.envelope::jsonb) -> 'conversation' ->> 'id' AS conversation,"
+            f" (i.envelope::jsonb) -> '{key}' ->> 'id' AS conversation,"
             " o.id AS outbox_id, o.seq, o.status, o.attempts, o.last_error"
             " FROM inbox i LEFT JOIN outbox o ON o.inbox_id = i.id"
             " WHERE i.channel = $1 ORDER BY i.seq, o.seq",
