@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from .database import Database
+from .storable import storable_json
 
 __all__ = ["RUN_FIELDS", "AuditRepo"]
 
@@ -36,7 +37,9 @@ class AuditRepo:
             "INSERT INTO audit (kind, plugin, inbox_id, conversation_key, detail)"
             " VALUES ($1, $2, $3, $4, $5)",
             [
-                (kind, plugin, uuid.UUID(inbox_id) if inbox_id else None, conversation_key, detail)
+                # details quote platform payloads, which may hold what Postgres refuses (a NUL, NaN)
+                (kind, plugin, uuid.UUID(inbox_id) if inbox_id else None, conversation_key,
+                 storable_json(detail))
                 for kind, plugin, detail in rows
             ],
         )

@@ -10,6 +10,7 @@ import asyncpg
 from gateway.envelope import Envelope, ReplyAddress
 
 from .database import Database
+from .storable import storable_envelope, storable_text
 
 __all__ = ["ConversationRepo"]
 
@@ -21,6 +22,7 @@ class ConversationRepo:
     @staticmethod
     async def touch(conn: asyncpg.Connection, envelope: Envelope) -> None:
         """Remember the conversation and its newest reply address (for proactive sends)."""
+        envelope = storable_envelope(envelope)
         await conn.execute(
             "INSERT INTO conversations (key, channel, account, external_id, thread, kind, title,"
             " reply_to) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -65,7 +67,8 @@ class ConversationRepo:
         return int(res.split()[-1])
 
     async def address(self, conversation_key: str) -> ReplyAddress | None:
-        rows = await self.db.fetch("SELECT reply_to FROM conversations WHERE key = $1", conversation_key)
+        rows = await self.db.fetch("SELECT reply_to FROM conversations WHERE key = $1",
+                                   storable_text(conversation_key))  # as stored (a NUL fails the query)
         return ReplyAddress.from_json(rows[0]["reply_to"]) if rows else None
 
     async def recent(self, limit: int = 100, channel: str | None = None) -> list[dict[str, Any]]:

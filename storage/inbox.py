@@ -20,6 +20,7 @@ import asyncpg
 from gateway.envelope import Envelope
 
 from .database import Database
+from .storable import storable_envelope
 
 __all__ = ["INBOX_CHANNEL", "ClaimedTurn", "InboxRepo", "LostClaim"]
 
@@ -49,6 +50,7 @@ class InboxRepo:
 
     async def admit(self, envelope: Envelope) -> tuple[str, bool]:
         """Store the envelope unless one of its natural keys is known; returns (inbox id, created)."""
+        envelope = storable_envelope(envelope)  # a NUL in a message must not make it unstorable
         keys = list(dict.fromkeys([envelope.external_id, *envelope.alt_ids]))
         try:
             async with self.db.transaction() as conn:

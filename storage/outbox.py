@@ -19,6 +19,7 @@ import asyncpg
 from gateway.envelope import Reply, ReplyAddress
 
 from .database import Database
+from .storable import storable_json
 
 __all__ = ["OUTBOX_CHANNEL", "OutboxItem", "OutboxRepo", "PendingChunk"]
 
@@ -64,8 +65,9 @@ class OutboxRepo:
                 " now() + make_interval(secs => $8))"
                 " ON CONFLICT (inbox_id, seq) DO NOTHING RETURNING id",
                 uuid.UUID(inbox_id) if inbox_id else None, c.seq, c.address.channel,
-                c.address.account, c.destination, c.address.to_json(), c.reply.to_json(),
-                ttl_seconds,
+                # an answer may quote what Postgres refuses (a NUL from the user, NaN in meta)
+                c.address.account, c.destination, storable_json(c.address.to_json()),
+                storable_json(c.reply.to_json()), ttl_seconds,
             )
             if new_id is not None:
                 ids.append(new_id)

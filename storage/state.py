@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from .database import Database
+from .storable import storable_text
 
 __all__ = ["StateRepo", "leadership"]
 
@@ -21,11 +22,15 @@ class StateRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    # Keys may hold platform ids (a Slack thread's channel and ts): storable_text keeps a NUL
+    # or a lone surrogate in them from failing the query.
+
     async def get(self, key: str) -> Any:
         async with self.db.pool.acquire() as conn:
-            return await conn.fetchval("SELECT value FROM kv_state WHERE key = $1", key)
+            return await conn.fetchval("SELECT value FROM kv_state WHERE key = $1", storable_text(key))
 
     async def set(self, key: str, value: Any) -> None:
+        key = storable_text(key)
         async with self.db.pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO kv_state (key, value) VALUES ($1, $2) ON CONFLICT (key)"
@@ -35,6 +40,7 @@ class StateRepo:
 
     async def set_if_absent(self, key: str, value: Any) -> Any:
         """Store ``value`` unless the key exists; returns the stored value either way."""
+        key = storable_text(key)
         async with self.db.pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO kv_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",

@@ -1,0 +1,71 @@
+"""What Postgres can hold, for values that come from outside.
+
+Postgres refuses three things platform payloads may well carry: the NUL
+character (in ``text`` and in ``jsonb``), lone UTF-16 surrogates (asyncpg cannot
+even encode them as UTF-8), and NaN/Infinity in ``jsonb``. JSON allows
+``\\u0000`` and ``\\ud800`` escapes and Python's ``json`` reads ``NaN``, so a single
+odd message would otherwise fail its insert on every retry: the platform keeps
+redelivering it (a webhook answered 5xx) or the poller never gets past it.
+
+Such characters become U+FFFD (visible, and the rest of the text is kept) and
+non-finite numbers become null. Values without them are returned as they are,
+so the common case costs one scan and no copy.
+
+Nesting is cut at ``MAX_DEPTH`` levels as well. A payload nested just under
+Python's recursion limit (about 1 000 levels; ``json`` refuses deeper ones) is
+parsed fine at the webhook, but encoding it for the insert, or decoding the row
+later in a worker's deeper call stack, would then raise RecursionError: a row no
+worker could ever read. No real platform event nests anywhere near 100 levels.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from gateway.envelope import Envelope
+
+__all__ = ["MAX_DEPTH", "storable_envelope", "storable_json", "storable_text"]
+
+MAX_DEPTH = 100
+_TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels: dropped]"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+
+
+def storable_json(value: Any) -> Any:
+    """``value`` (a JSON-like tree) with every string storable, every float finite, depth bounded."""
+    cleaned, _ = _clean(value, 0)
+    return cleaned
+
+
+def _clean(value: Any, depth: int) -> tuple[Any, bool]:
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            return _UNSTORABLE.sub("\ufffd", value), True
+        return value, False
+    if isinstance(value, float):
+        return (value, False) if math.isfinite(value) else (None, True)
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        return _TOO_DEEP, True
+    if isinstance(value, dict):
+        items = [(_clean(k, depth), _clean(v, depth + 1)) for k, v in value.items()]
+        if any(kc or vc for (_, kc), (_, vc) in items):
+            return {k: v for (k, _), (v, _) in items}, True
+        return value, False
+    if isinstance(value, list | tuple):
+        parts = [_clean(v, depth + 1) for v in value]
+        if any(c for _, c in parts):
+            return [v for v, _ in parts], True
+        return value, False
+    return value, False
+
+
+def storable_envelope(envelope: Envelope) -> Envelope:
+    """The envelope itself when Postgres can store it, else a cleaned copy (same id)."""
+    data, changed = _clean(envelope.to_json(), 0)
+    return Envelope.from_json(data) if changed else envelope
