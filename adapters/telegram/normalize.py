@@ -36,7 +36,8 @@ def chat_kind(chat_type: str) -> ConversationKind:
 
 
 def utf16_slice(text: str, offset: int, length: int) -> str:
-    data = text.encode("utf-16-le")
+    # surrogatepass: JSON may carry a lone surrogate ("\ud800"); it must not crash the update
+    data = text.encode("utf-16-le", "surrogatepass")
     return data[offset * 2:(offset + length) * 2].decode("utf-16-le", errors="replace")
 
 
@@ -161,7 +162,7 @@ def _read_entities(
             command, _, target = part.partition("@")
             if target and target.lower() == me.username.lower():
                 addressed = True
-                start = ent.offset + len(command.encode("utf-16-le")) // 2
+                start = ent.offset + len(command.encode("utf-16-le", "surrogatepass")) // 2
                 remove.append((start, ent.offset + ent.length))  # "/help@bot" → "/help"
         elif ent.type == "url":
             segments.append(Segment("link", value=part))
@@ -177,7 +178,7 @@ def _read_entities(
 def _cut(text: str, spans: list[tuple[int, int]]) -> str:
     if not spans:
         return text
-    data = text.encode("utf-16-le")
+    data = text.encode("utf-16-le", "surrogatepass")
     out: list[bytes] = []
     pos = 0
     leading = False

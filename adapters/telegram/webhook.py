@@ -56,7 +56,7 @@ class WebhookReceiver:
             return web.json_response({"ok": False, "error": "unauthorized"}, status=401)
         try:
             body = await request.json(loads=json.loads)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested ~1000 deep
             return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
         if not isinstance(body, dict) or not isinstance(body.get("update_id"), int):
             return web.json_response({"ok": False, "error": "not a Telegram update"}, status=400)
