@@ -51,7 +51,7 @@ class EventsEndpoint:
             return _error(401, "invalid signature")
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested ~1000 deep
             return _error(400, "body is not JSON")
         if not isinstance(payload, dict):
             return _error(400, "body is not a JSON object")

@@ -101,13 +101,17 @@ def parse_event(payload: dict[str, Any], account: str, cfg: SlackConfig, me: Ide
     etype = event.get("type")
     if etype not in ("message", "app_mention"):
         return Ignored(f"event type {etype!r}")
-    if event.get("hidden") or event.get("subtype") not in _HUMAN_SUBTYPES:
-        return Ignored(f"subtype {event.get('subtype')!r}")
+    subtype = event.get("subtype")
+    # (a list or object as subtype is junk, and unhashable: no set lookup for it)
+    if event.get("hidden") or not isinstance(subtype, str | None) or subtype not in _HUMAN_SUBTYPES:
+        return Ignored(f"subtype {subtype!r}")
     if event.get("bot_id") or event.get("bot_profile"):
         return Ignored("bot message")  # ours or another bot's: never answer a bot
     user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
     if not (isinstance(user, str) and isinstance(channel, str) and isinstance(ts, str)):
         raise ValueError("message event without user, channel or ts")
+    if not (user and channel and ts):
+        raise ValueError("message event with an empty user, channel or ts")
     bot_user = me.bot_user_id or _authorized_bot(payload)
     if user == bot_user:
         return Ignored("own message")
@@ -119,7 +123,7 @@ def parse_event(payload: dict[str, Any], account: str, cfg: SlackConfig, me: Ide
         return refused
 
     kind = _kind(event)
-    text, segments, mentioned = plain_text(str(event.get("text") or ""), bot_user)
+    text, segments, mentioned = plain_text(_str(event.get("text")) or "", bot_user)
     segments += _files(event.get("files"))
     parent = event.get("thread_ts") if isinstance(event.get("thread_ts"), str) else None
     in_thread = parent is not None and parent != ts
@@ -143,8 +147,8 @@ def parse_event(payload: dict[str, Any], account: str, cfg: SlackConfig, me: Ide
         thread=thread,
         sender=Sender(
             id=user,
-            display_name=profile.get("display_name") or profile.get("real_name") or None,
-            handle=profile.get("name") or None,
+            display_name=_str(profile.get("display_name")) or _str(profile.get("real_name")),
+            handle=_str(profile.get("name")),
         ),
         text=text,
         addressed=addressed,
@@ -205,6 +209,11 @@ def plain_text(text: str, bot_user: str | None) -> tuple[str, list[Segment], boo
     return out, segments, mentioned
 
 
+def _str(value: Any) -> str | None:
+    """A non-empty string field, or None (a payload may put anything where a name belongs)."""
+    return value if isinstance(value, str) and value else None
+
+
 def _unescape(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
@@ -214,13 +223,13 @@ def _files(files: Any) -> list[Segment]:
     for f in files if isinstance(files, list) else ():
         if not isinstance(f, dict):
             continue
-        name = str(f.get("name") or f.get("title") or f.get("id") or "file")
+        name = _str(f.get("name")) or _str(f.get("title")) or _str(f.get("id")) or "file"
         size = f.get("size")
         attachment = Attachment(
             name=name,
             mime=str(f.get("mimetype") or "application/octet-stream"),
-            size=size if isinstance(size, int) else None,
-            ref=f.get("url_private") or f.get("id"),  # fetching it needs the bot token
+            size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+            ref=_str(f.get("url_private")) or _str(f.get("id")),  # fetching it needs the bot token
         )
         out.append(Segment("attachment", name, attachment=attachment))
     return out
