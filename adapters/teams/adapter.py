@@ -112,7 +112,7 @@ class TeamsAdapter(Adapter):
             return self._refuse(401, "unauthorized", "(missing or malformed Authorization header)")
         try:
             activity = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested ~1000 deep
             return self._refuse(400, "body must be a JSON activity")
         if not isinstance(activity, dict) or not isinstance(activity.get("type"), str):
             return self._refuse(400, "body must be a JSON activity with a type")

@@ -68,6 +68,11 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _list(value: Any) -> list[Any]:
+    """``value`` if it is a JSON array, else an empty one (an int or object there is junk)."""
+    return value if isinstance(value, list) else []
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -150,7 +155,7 @@ def _parts(activity: dict[str, Any], account: str, channel: str, *, with_activit
         # The AAD object id is what admins see in Entra and is stable across bots;
         # the "29:" id is this bot's alias for the user (kept in raw).
         id=str(sender.get("aadObjectId") or sender["id"]),
-        display_name=sender.get("name"),
+        display_name=_text(sender.get("name")) or None,
         is_bot=str(sender["id"]).startswith("28:") or sender.get("role") == "bot",
     )
     return Conversation(id=base, kind=kind, title=_title(kind, activity)), root, who, address
@@ -169,7 +174,7 @@ def _remove_once(text: str, piece: str) -> str:
 def _mentions(activity: dict[str, Any], text: str, bot_id: str) -> tuple[str, bool, list[Segment]]:
     addressed = False
     segments: list[Segment] = []
-    for entity in activity.get("entities") or ():
+    for entity in _list(activity.get("entities")):
         if not isinstance(entity, dict) or entity.get("type") != "mention":
             continue
         mentioned = _obj(entity.get("mentioned"))
@@ -198,7 +203,7 @@ def _attachments(activity: dict[str, Any]) -> list[Segment]:
             seen.add(att.ref)
         out.append(Segment("attachment", value=att.ref or att.name, label=label, attachment=att))
 
-    for item in activity.get("attachments") or ():
+    for item in _list(activity.get("attachments")):
         if not isinstance(item, dict):
             continue
         ctype = str(item.get("contentType") or "")
@@ -209,7 +214,7 @@ def _attachments(activity: dict[str, Any]) -> list[Segment]:
             ftype = str(content.get("fileType") or "")
             mime = mimetypes.guess_type(f"x.{ftype}")[0] if ftype else None
             add(Attachment(name=name or "file", mime=mime or "application/octet-stream",
-                           ref=content.get("downloadUrl")))
+                           ref=_text(content.get("downloadUrl")) or None))
         elif ctype.startswith("image/") and item.get("contentUrl"):
             # A pasted image in a chat: fetching it needs the bot's own bearer token.
             add(Attachment(name=name or "image", mime=ctype, ref=str(item["contentUrl"])))
