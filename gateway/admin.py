@@ -45,6 +45,15 @@ def _int_param(request: web.Request, name: str, default: int, maximum: int = 100
     return max(1, min(value, maximum))
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_loads(text: str) -> Any:
+    """JSON as the RFC has it: Python's NaN and Infinity extensions could not be stored anyway."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
 def admin_app(gw: Gateway) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -117,8 +126,8 @@ def admin_app(gw: Gateway) -> web.Application:
 
     async def send(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+            body = await request.json(loads=_strict_loads)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested ~1000 deep
             return _error(400, "body must be JSON")
         if not isinstance(body, dict) or not isinstance(body.get("text"), str) or not body["text"].strip():
             return _error(400, "body must be an object with a non-empty 'text'")
