@@ -47,6 +47,7 @@ async def main(latency: float) -> None:
             if not line:
                 return
             command = line.strip()
+            out: dict[str, Any]
             if command == "dump":
                 # ApiCall.at is monotonic; shift it onto the wall clock the other processes use.
                 shift = time.time() - time.monotonic()

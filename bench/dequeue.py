@@ -20,7 +20,7 @@ VACUUM ANALYZE). Finished rows must not sit in the hot path.
 Targets (issue 9): gateway ≥ 0.5 x bare; after the history, gateway no more than
 20% slower than before.
 
-    python bench/dequeue.py                      # 200k history, ~1.5 minutes on 2 cores
+    python bench/dequeue.py                      # 200k history, ~2 minutes on 2 cores
     python bench/dequeue.py --history 1000000    # the issue's 1M (several minutes more)
 """
 
@@ -231,6 +231,37 @@ class Target:
         return ", ".join(f"{r['relname']} {r['n_live_tup']} rows {r['size']}" for r in rows)
 
 
+async def round_trips(t: Target, args: argparse.Namespace) -> dict[str, float]:
+    """Statements sent to Postgres per message (each one a round trip), counted with
+    asyncpg's query logger on every pooled connection: noise-free, unlike the rates."""
+    count = 0
+
+    def log(_record: object) -> None:
+        nonlocal count
+        count += 1
+
+    async def attach(pool: asyncpg.Pool) -> None:
+        # hold every connection the pool can open at once, so each gets the logger
+        held = [await pool.acquire() for _ in range(pool.get_max_size())]
+        for conn in held:
+            conn.add_query_logger(log)
+        for conn in held:
+            await pool.release(conn)
+
+    await attach(t.pool)
+    await attach(t.db.pool)
+    out: dict[str, float] = {}
+    for name, run in (("bare DELETE … SKIP LOCKED", run_bare(t.pool, t.conn, args, "count")),
+                      ("gateway claim + commit", run_gateway(t.store, t.conn, args, "count", False, "rt-a-")),
+                      ("gateway claim + commit (reply, history)",
+                       run_gateway(t.store, t.conn, args, "count", True, "rt-b-"))):
+        count = 0
+        result = await run
+        await asyncio.sleep(0.05)  # the logger runs via call_soon
+        out[name] = count / result.messages
+    return out
+
+
 async def amain(args: argparse.Namespace) -> None:
     server = await asyncio.to_thread(embedded_server, args.data_dir)
     pg = await server_version(server)
@@ -249,8 +280,9 @@ async def amain(args: argparse.Namespace) -> None:
             for t in (empty, history):  # warm-up: plans and connections, not measured
                 await run_bare(t.pool, t.conn, small, "warm")
                 await run_gateway(t.store, t.conn, small, "warm", False, "warm-")
+            trips = await round_trips(empty, small)
             for i in range(args.repeat):
-                for t in (empty, history):
+                for t in ((empty, history) if i % 2 == 0 else (history, empty)):  # no order bias
                     runs.append(await run_bare(t.pool, t.conn, args, t.phase))
                     runs.append(await run_gateway(t.store, t.conn, args, t.phase, False, f"run-{i}a-"))
                     runs.append(await run_gateway(t.store, t.conn, args, t.phase, True, f"run-{i}b-"))
@@ -260,11 +292,11 @@ async def amain(args: argparse.Namespace) -> None:
         finally:
             await empty.close()
             await history.close()
-    print(report(runs, args, pg, load0, loadavg(), history_seconds, sizes), flush=True)
+    print(report(runs, args, pg, load0, loadavg(), history_seconds, sizes, trips), flush=True)
 
 
 def report(runs: list[Run], args: argparse.Namespace, pg: str, load0: str, load1: str,
-           history_seconds: float, sizes: str) -> str:
+           history_seconds: float, sizes: str, trips: dict[str, float]) -> str:
     names = list(dict.fromkeys(r.name for r in runs))
 
     def med(name: str, phase: str, attr: str = "rate") -> float:
@@ -276,7 +308,8 @@ def report(runs: list[Run], args: argparse.Namespace, pg: str, load0: str, load1
     for name in names:
         before, after = med(name, "empty"), med(name, "history")
         rows.append([name, fmt(before, 0), fmt(after, 0), fmt(after / before, 2),
-                     fmt(med(name, "empty", "cpu"), 3), fmt(med(name, "history", "cpu"), 3)])
+                     fmt(med(name, "empty", "cpu"), 3), fmt(med(name, "history", "cpu"), 3),
+                     fmt(trips.get(name, float("nan")), 1)])
     bare, gw = names[0], names[1]
     ratio_empty = med(gw, "empty") / med(bare, "empty")
     ratio_hist = med(gw, "history") / med(bare, "history")
@@ -286,10 +319,11 @@ def report(runs: list[Run], args: argparse.Namespace, pg: str, load0: str, load1
         f"{args.workers} workers, pool {args.pool}, median of {args.repeat}\n"
         f"machine: {machine()}; PostgreSQL {pg} (embedded); load average before {load0}, after {load1}",
         ["run", "msg/s empty", f"msg/s +{args.history // 1000}k", "after/before",
-         "CPU ms/msg empty", f"CPU ms/msg +{args.history // 1000}k"],
+         "CPU ms/msg empty", f"CPU ms/msg +{args.history // 1000}k", "statements/msg"],
         rows,
         [f"history: {args.history} finished messages inserted in {history_seconds:.0f} s; tables at the end: {sizes}",
-         "CPU = this process (asyncpg, envelope parsing, repositories); Postgres' own CPU is not in it"],
+         "CPU = this process (asyncpg, envelope parsing, repositories); Postgres' own CPU is not in it",
+         "statements/msg = round trips to Postgres per message, pool reset queries and BEGIN/COMMIT included"],
     )
     checks = [
         ["gateway / bare, empty tables", fmt(ratio_empty, 2), "≥ 0.5", "yes" if ratio_empty >= 0.5 else "NO"],
@@ -302,12 +336,12 @@ def report(runs: list[Run], args: argparse.Namespace, pg: str, load0: str, load1
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-n", "--messages", type=int, default=4000, help="messages drained per run")
+    parser.add_argument("-n", "--messages", type=int, default=1500, help="messages drained per run")
     parser.add_argument("-w", "--workers", type=int, default=4, help="workers (the gateway's default dispatch)")
     parser.add_argument("--pool", type=int, default=10, help="database pool size (the gateway's default)")
     parser.add_argument("--conversations", type=int, default=1000, help="conversations the messages are spread over")
     parser.add_argument("--history", type=int, default=200_000, help="finished messages added for the second half")
-    parser.add_argument("--repeat", type=int, default=3, help="alternating runs per phase; tables show medians")
+    parser.add_argument("--repeat", type=int, default=2, help="alternating runs per phase; tables show medians")
     parser.add_argument("--data-dir", help="embedded Postgres data directory (default: a fresh temp dir)")
     args = parser.parse_args()
     quiet_logging()

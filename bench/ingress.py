@@ -21,7 +21,9 @@ Phases (each system on a fresh database, after a short warm-up):
    workers are saturated with slow LLM turns: (a) a responder plugin that
    sleeps ``--slow`` seconds per turn, (b) the real SOUL agent through litellm
    against the fake LLM answering after ``--llm-latency`` seconds, with
-   ``--agent-workers`` dispatch workers (LLM client CPU in the same process).
+   ``--agent-workers`` dispatch workers (LLM client CPU in the same process);
+4. the same agent turns in a separate ``soulgate run --role worker`` process,
+   with this process in role ingress (the split deployment of process roles).
 
 Targets (issue 9): throughput ≥ 0.8 x bare; ack p99 at half load ≤ 2 x bare's
 p99; ack p99 with saturated workers ≤ 1.2 x the unsaturated (ingress) p99.
@@ -34,24 +36,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 
 from bench._common import (
+    ROOT,
     FakesProcess,
     embedded_server,
     fmt,
+    free_port,
     fresh_database,
     loadavg,
     machine,
@@ -80,6 +87,7 @@ class Phase:
     gen_cpu: float
     lag: list[float] = field(default_factory=list)
     note: str = ""
+    turns: int | None = None  # turns completed during the measured window (agent phases)
 
     @property
     def ok(self) -> int:
@@ -187,21 +195,81 @@ async def gateway_server(
         await gw.stop()
 
 
+@asynccontextmanager
+async def worker_process(url: str, fakes: dict[str, Any], workers: int, pool_max: int, soul_dir: Path,
+                         work: Path) -> AsyncIterator[None]:
+    """``soulgate run --role worker`` with the SOUL agent, in its own process (the split deployment)."""
+    port = free_port()
+    config = work / "worker.toml"
+    config.write_text(
+        f'[database]\nurl = "{url}"\npool_max = {pool_max}\n\n[admin]\nport = {port}\ntoken = "bench"\n\n'
+        f'[http]\nenabled = false\n\n[workers]\ndispatch = {workers}\n\n[agents]\nsoul_dir = "{soul_dir}"\n\n'
+        f'[models.default]\nmodel = "openai/bench-model"\napi_base = "{fakes["llm"]}"\napi_key = "sk-bench"\n'
+        f'timeout = 30.0\n\n[channels.slack.main]\nbot_token = "{fakes["token"]}"\n'
+        f'signing_secret = "{fakes["secret"]}"\napi_base_url = "{fakes["slack"]}"\n', encoding="utf-8")
+    log = (work / "worker.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "--config", str(config), "run", "--role", "worker",
+        cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as session:
+            for _ in range(600):
+                if proc.returncode is not None:
+                    raise RuntimeError(f"worker exited: {(work / 'worker.log').read_text()[-1500:]}")
+                with suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+        yield None
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        log.close()
+
+
 # -- phases --------------------------------------------------------------------------------------
 
 
-async def measure(name: str, url: str, spec: dict[str, Any], note: str = "") -> Phase:
+async def measure(name: str, url: str, spec: dict[str, Any], note: str = "", turns_done: Gateway | None = None
+                  ) -> Phase:
     # warm-up: connections, prepared statements, code paths
     await run_load({"url": url, "mode": "closed", "concurrency": 8, "count": 200, "duration": 5,
                     "tag": f"warm-{name}", "secret": spec["secret"]})
+    done0 = 0
+    if turns_done is not None:
+        done0 = await wait_turns(turns_done, 20)
     cpu0 = time.process_time()
     result = await run_load({"url": url, **spec})
     cpu = time.process_time() - cpu0
     phase = Phase(name, spec["mode"], result["status"], result["latency"], result["elapsed"], cpu,
                   result["cpu"], result["lag"], note)
+    if turns_done is not None:
+        phase.turns = await done_count(turns_done) - done0
     print(f"  {name}: {phase.ok} ok, {phase.errors} errors, {phase.rate:.0f}/s, p99 {phase.p(0.99):.1f} ms",
           file=sys.stderr, flush=True)
     return phase
+
+
+async def done_count(gw: Gateway) -> int:
+    rows = await gw.store.db.fetch("SELECT count(*) AS n FROM inbox WHERE status = 'done'")
+    return int(rows[0]["n"])
+
+
+async def wait_turns(gw: Gateway, count: int, within: float = 120.0) -> int:
+    """Until ``count`` turns are done (the workers are warm: litellm imported, Router built); the count."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        done = await done_count(gw)
+        if done >= count:
+            return done
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"fewer than {count} turns done after {within} s")
 
 
 async def inbox_state(gw: Gateway) -> str:
@@ -251,8 +319,18 @@ async def amain(args: argparse.Namespace) -> None:
             db, fakes.info, role="all", responder="agents", workers=args.agent_workers,
             pool_max=args.agent_workers + args.pool, slow=0, soul_dir=soul_dir,
         ) as (url, gw):
-            phases.append(await measure("gateway half, agent turns", url, {**opened, "tag": "gw-agents"}))
+            phases.append(await measure("gateway half, agent turns", url, {**opened, "tag": "gw-agents"},
+                                        turns_done=gw))
             phases[-1].note = await inbox_state(gw)
+        if args.split:
+            async with fresh_database(server) as db, gateway_server(
+                db, fakes.info, role="ingress", responder="noop", workers=4, pool_max=args.pool, slow=0,
+                soul_dir=soul_dir,
+            ) as (url, gw), worker_process(db, fakes.info, args.agent_workers, args.agent_workers + args.pool,
+                                           soul_dir, soul_dir):
+                phases.append(await measure("ingress + worker process, agent turns", url,
+                                            {**opened, "tag": "gw-split"}, turns_done=gw))
+                phases[-1].note = await inbox_state(gw)
     finally:
         fakes.close()
     print(report(phases, args, rate, pg, load_before, loadavg()), flush=True)
@@ -271,10 +349,15 @@ def report(phases: list[Phase], args: argparse.Namespace, rate: float, pg: str, 
         ("ack p99 at half load, gateway / bare", base / by["bare half"].p(0.99), "≤ 2",
          base / by["bare half"].p(0.99) <= 2),
     ]
-    for name in ("gateway half, sleeping turns", "gateway half, agent turns"):
-        ratio = by[name].p(0.99) / base
-        checks.append((f"ack p99 {name.split(', ')[1]} / unsaturated", ratio, "≤ 1.2", ratio <= 1.2))
-    notes = [f"{p.name}: inbox at the end: {p.note}" for p in phases if p.note]
+    for name, label in (("gateway half, sleeping turns", "sleeping turns"),
+                        ("gateway half, agent turns", "agent turns, one process"),
+                        ("ingress + worker process, agent turns", "agent turns, worker process")):
+        if name in by:
+            ratio = by[name].p(0.99) / base
+            checks.append((f"ack p99 {label} / unsaturated", ratio, "≤ 1.2", ratio <= 1.2))
+    notes = [f"{p.name}: inbox at the end: {p.note}"
+             + (f"; {p.turns} turns done in the measured {args.seconds:g} s" if p.turns is not None else "")
+             for p in phases if p.note]
     out = table(
         f"soulgate ingress benchmark — Slack Events API webhooks, {args.seconds:g} s per phase, "
         f"closed loop {args.concurrency} senders, open loop {rate:.0f}/s, {args.channels} DM channels\n"
@@ -284,7 +367,9 @@ def report(phases: list[Phase], args: argparse.Namespace, rate: float, pg: str, 
         [*notes,
          f"sleeping turns: role all, 4 dispatch workers, responder sleeps {args.slow:g} s; agent turns: role "
          f"all, {args.agent_workers} dispatch workers, SOUL agent → litellm → fake LLM "
-         f"({args.llm_latency:g} s latency); server CPU = this process (HTTP server + gateway) per acked request"],
+         f"({args.llm_latency:g} s latency); ingress + worker process: the same agent turns in a separate "
+         f"`soulgate run --role worker` process, this process in role ingress; server CPU = this process "
+         f"(HTTP server + gateway) per acked request"],
     )
     out += "\n\n" + table("targets", ["check", "ratio", "target", "met"],
                           [[n, fmt(r, 2), t, "yes" if ok else "NO"] for n, r, t, ok in checks])
@@ -301,6 +386,8 @@ def main() -> None:
     parser.add_argument("--slow", type=float, default=2.0, help="seconds the sleeping responder takes per turn")
     parser.add_argument("--llm-latency", type=float, default=1.0, help="the fake LLM's latency in seconds")
     parser.add_argument("--agent-workers", type=int, default=32, help="dispatch workers in the agent phase")
+    parser.add_argument("--no-split", dest="split", action="store_false",
+                        help="skip the phase with the agent turns in a separate worker process")
     parser.add_argument("--data-dir", help="embedded Postgres data directory (default: a fresh temp dir)")
     args = parser.parse_args()
     quiet_logging()

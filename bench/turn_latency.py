@@ -22,8 +22,8 @@ aiohttp POST to the LLM, one raw aiohttp POST to ``chat.postMessage``.
 Both get the same open-loop offered rate. Target (issue 9): gateway-owned p50
 and p99 ≤ 2x the reference's.
 
-    python bench/turn_latency.py                  # ~1 minute on 2 cores
-    python bench/turn_latency.py --rate 50 --seconds 30 --repeat 2
+    python bench/turn_latency.py                  # ~2 minutes on 2 cores
+    python bench/turn_latency.py --rate 20 --seconds 30 --repeat 3
 """
 
 from __future__ import annotations
@@ -270,12 +270,12 @@ def report(results: list[Turns], args: argparse.Namespace, pg: str, load0: str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=20.0, help="webhooks per second (open loop)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="length of each measured run")
+    parser.add_argument("--rate", type=float, default=5.0, help="webhooks per second (open loop)")
+    parser.add_argument("--seconds", type=float, default=16.0, help="length of each measured run")
     parser.add_argument("--channels", type=int, default=50, help="DM channels the messages are spread over")
     parser.add_argument("-w", "--workers", type=int, default=4, help="dispatch/delivery workers (and reference)")
     parser.add_argument("--pool", type=int, default=10, help="database pool size (the gateway's default)")
-    parser.add_argument("--repeat", type=int, default=1, help="alternating runs; the targets use medians")
+    parser.add_argument("--repeat", type=int, default=2, help="alternating runs; the targets use medians")
     parser.add_argument("--data-dir", help="embedded Postgres data directory (default: a fresh temp dir)")
     args = parser.parse_args()
     quiet_logging()
