@@ -15,6 +15,7 @@ answer too). :func:`reconcile` then holds each message to the delivery contract:
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["Books", "Thread", "load_threads", "reconcile"]
+__all__ = ["Books", "Thread", "load_threads", "reconcile", "settled"]
 
 
 @dataclass
@@ -133,3 +134,24 @@ def reconcile(
         if conv not in wanted and got:
             books.problems.append(f"{label}{conv}: {got} replies in a conversation nobody wrote in")
     return books
+
+
+async def settled(database_url: str, expected: int, within: float) -> str:
+    """Wait until every message is admitted and nothing is left to do; the last counts seen."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    conn = await asyncpg.connect(database_url)
+    try:
+        while True:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM inbox) AS admitted,"
+                " (SELECT count(*) FROM inbox WHERE status IN ('pending', 'claimed')) AS live,"
+                " (SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')) AS queued")
+            state = f"admitted {row['admitted']}/{expected}, live turns {row['live']}, queued sends {row['queued']}"
+            if row["admitted"] >= expected and not row["live"] and not row["queued"]:
+                return state
+            if loop.time() > deadline:
+                return "NOT SETTLED: " + state
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()

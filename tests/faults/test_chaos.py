@@ -35,8 +35,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from tests.fakes.llm import FakeLLM, Fault, start_fake_llm
 from tests.fakes.mailserver import start_imap_server, start_smtp_server
 from tests.fakes.slack import start_fake_slack
@@ -44,7 +42,7 @@ from tests.fakes.teams import start_fake_teams
 from tests.fakes.telegram import start_fake_telegram
 
 from .chaos_channels import Driver, EmailDriver, SlackDriver, TeamsDriver, TelegramDriver, describe
-from .ledger import Books, load_threads, reconcile
+from .ledger import Books, load_threads, reconcile, settled
 from .procs import GatewayProcess, free_port
 from .teams_loopback import CA_ENV
 
@@ -124,27 +122,6 @@ async def killer(gw: GatewayProcess, drivers: list[Driver], rng: random.Random, 
         killed = loop.time()
         await gw.start()
         log.append(f"kill ({when}) at {killed - started:.1f}s, ready again after {loop.time() - killed:.1f}s")
-
-
-async def settled(database_url: str, expected: int, within: float) -> str:
-    """Wait until every message is admitted and nothing is left to do; the last counts seen."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    conn = await asyncpg.connect(database_url)
-    try:
-        while True:
-            row = await conn.fetchrow(
-                "SELECT (SELECT count(*) FROM inbox) AS admitted,"
-                " (SELECT count(*) FROM inbox WHERE status IN ('pending', 'claimed')) AS live,"
-                " (SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')) AS queued")
-            state = f"admitted {row['admitted']}/{expected}, live turns {row['live']}, queued sends {row['queued']}"
-            if row["admitted"] >= expected and not row["live"] and not row["queued"]:
-                return state
-            if loop.time() > deadline:
-                return "NOT SETTLED: " + state
-            await asyncio.sleep(0.5)
-    finally:
-        await conn.close()
 
 
 async def test_chaos_kill_9_three_times_every_message_answered_once(

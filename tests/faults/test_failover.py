@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.fakes.telegram import FakeTelegram, start_fake_telegram
 
-from .ledger import load_threads, reconcile
+from .ledger import load_threads, reconcile, settled
 from .procs import GatewayProcess
 
 #: the inbox lease of these gateways; the issue asks for a takeover "within the lease time"
@@ -100,8 +100,9 @@ async def test_poller_leader_killed_the_other_takes_over(soulgate_database_url: 
             await during
             await pusher.steady("after", 20)
 
-            total = len(pusher.chats)
-            await tg.wait_for_messages(count=total, within=60)
+            # Every update stored and every reply settled (sent, or parked if the kill cut its send).
+            state = await settled(soulgate_database_url, len(pusher.chats), within=60)
+            assert not state.startswith("NOT SETTLED"), state
             await asyncio.sleep(2.0)  # time for a late duplicate to show up
 
             delivered = Counter(s.chat_id for s in tg.sent)
@@ -114,6 +115,7 @@ async def test_poller_leader_killed_the_other_takes_over(soulgate_database_url: 
             for chat in pusher.chats:
                 texts = [s.text for s in tg.sent_to(chat)]
                 assert all(t is not None and t.endswith(f" {chat}") for t in texts), (chat, texts)
+            print(f"\nfailover: {len(pusher.chats)} updates, takeover after {takeover:.1f}s; {books.summary()}")
             assert takeover < LEASE_SECONDS, f"takeover took {takeover:.1f}s"
             # The survivor leads from now on; the killed one wrote nothing after the kill.
             assert await polling(new_leader)
