@@ -76,8 +76,8 @@ def _auth_results(mail: ParsedMail, authserv_id: str) -> str | None:
     """
     wanted = authserv_id.strip().lower()
     for value in mail.header_all("Authentication-Results"):
-        ident = value.split(";", 1)[0].strip().split()[0].lower() if value.strip() else ""
-        if ident == wanted:
+        words = value.split(";", 1)[0].split()  # "Authentication-Results: ;" has no authserv-id
+        if words and words[0].lower() == wanted:
             return value
     return None
 
