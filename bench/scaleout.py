@@ -137,15 +137,19 @@ class Instance:
         return f"http://127.0.0.1:{self.port}/v1/chat/completions"
 
 
-async def wait_ready(instance: Instance, within: float = 90.0) -> None:
+async def wait_ready(instance: Instance, within: float = 120.0) -> None:
     deadline = time.monotonic() + within
     headers = {"Authorization": f"Bearer {KEY}"}
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if instance.proc.returncode is not None:
                 raise RuntimeError(f"soulgate run exited: {instance.log.read_text()[-3000:]}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"http://127.0.0.1:{instance.port}/v1/models", headers=headers) as resp:
+            # Ready = one request answered: the agent's litellm Router is built in the background
+            # after start, and that CPU must not fall into the measured window.
+            body = {"model": "assistant", "messages": [{"role": "user", "content": "ready?"}]}
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.post(instance.url, json=body, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=within)) as resp:
                     if resp.status == 200:
                         return
             await asyncio.sleep(0.3)
