@@ -24,7 +24,7 @@ from tests.fakes.slack import FakeSlack, event_callback, message_event, post_sig
 from tests.fakes.teams import FakeTeams
 from tests.fakes.telegram import FakeTelegram
 
-__all__ = ["Driver", "EmailDriver", "SlackDriver", "TeamsDriver", "TelegramDriver"]
+__all__ = ["Driver", "EmailDriver", "HttpDriver", "SlackDriver", "TeamsDriver", "TelegramDriver"]
 
 RETRY_FIRST, RETRY_MAX = 0.5, 2.0  # seconds between a webhook platform's deliveries of one event
 POLICY = "never_twice"  # every channel: "exactly one" is checkable, a cut-off send is parked
@@ -226,6 +226,56 @@ class EmailDriver(Driver):
 
     def delivered(self) -> Counter[str]:
         return Counter(rcpt.lower() for m in self.smtp.messages for rcpt in m.rcpt_tos)
+
+
+class HttpDriver(Driver):
+    """The OpenAI-compatible channel: the answer comes back in the HTTP response. A client
+    whose request was cut off by a kill (or answered 503 while the gateway stops) sends it
+    again with the same ``Idempotency-Key``; it must get the first request's answer, and the
+    turn must run once. "Delivered" is counted where the answer arrives: at the client."""
+
+    name = "http"
+    faults = False
+    API_KEY = "chaos-http-key-0123456789"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers: Counter[str] = Counter()
+        self.texts: dict[str, str] = {}
+
+    def key(self, i: int) -> str:
+        return f"chaos-{i:05d}"  # the conversation (header) and the idempotency key
+
+    def config(self, public_url: str) -> dict[str, Any]:
+        return {"api_keys": [self.API_KEY], "reply_timeout_seconds": 120.0}
+
+    async def send(self, i: int, public_url: str) -> None:
+        key = self.key(i)
+        body = {"model": "assistant", "messages": [{"role": "user", "content": f"chaos {i}"}]}
+        headers = {"Authorization": f"Bearer {self.API_KEY}", "Idempotency-Key": key,
+                   "X-Soulgate-Conversation": key}
+        timeout = aiohttp.ClientTimeout(total=180)
+
+        async def post(attempt: int) -> int:
+            async with aiohttp.ClientSession(timeout=timeout) as http, http.post(
+                f"{public_url}/v1/chat/completions", json=body, headers=headers
+            ) as resp:
+                if resp.status == 200:
+                    answer = await resp.json()
+                    self.texts[key] = answer["choices"][0]["message"]["content"]
+                    self.answers[key] += 1
+                return resp.status
+
+        await self._until_accepted(post)
+
+    def sends(self) -> int:
+        return sum(self.answers.values())
+
+    def fail_next(self, status: int) -> None:
+        raise NotImplementedError("the client is the platform here")
+
+    def delivered(self) -> Counter[str]:
+        return Counter(self.answers)
 
 
 def describe(drivers: list[Driver]) -> str:

@@ -3,9 +3,10 @@
 The gateway runs as a real process (``python -m gateway.cli run``) on its own
 database, with Telegram (polling), Slack (Events API webhooks), Teams (Bot
 Framework webhooks) and email (IMAP in, SMTP out) pointed at the fakes, and a
-SOUL agent on the fake LLM (a primary model and a fallback). Meanwhile:
+SOUL agent on the fake LLM (a primary model and a fallback); the http channel
+(OpenAI-compatible API) is called like a client would. Meanwhile:
 
-- a load generator sends ``SOULGATE_CHAOS_MESSAGES`` messages (default 240; the
+- a load generator sends ``SOULGATE_CHAOS_MESSAGES`` messages (default 250; the
   issue's full run is 2000) round-robin over the channels at
   ``SOULGATE_CHAOS_RATE`` per second, each in a conversation of its own;
   webhook platforms deliver again until accepted;
@@ -41,12 +42,20 @@ from tests.fakes.slack import start_fake_slack
 from tests.fakes.teams import start_fake_teams
 from tests.fakes.telegram import start_fake_telegram
 
-from .chaos_channels import Driver, EmailDriver, SlackDriver, TeamsDriver, TelegramDriver, describe
+from .chaos_channels import (
+    Driver,
+    EmailDriver,
+    HttpDriver,
+    SlackDriver,
+    TeamsDriver,
+    TelegramDriver,
+    describe,
+)
 from .ledger import Books, load_threads, reconcile, settled
 from .procs import GatewayProcess, free_port
 from .teams_loopback import CA_ENV
 
-MESSAGES = int(os.environ.get("SOULGATE_CHAOS_MESSAGES", "240"))
+MESSAGES = int(os.environ.get("SOULGATE_CHAOS_MESSAGES", "250"))
 RATE = float(os.environ.get("SOULGATE_CHAOS_RATE", "3"))  # inbound messages per second
 SEED = int(os.environ.get("SOULGATE_CHAOS_SEED", "9"))
 #: when each kill comes: once the restarted process answers again, or soon after it is ready
@@ -117,7 +126,10 @@ async def killer(gw: GatewayProcess, drivers: list[Driver], rng: random.Random, 
             before, deadline = replies(drivers), loop.time() + 120
             while replies(drivers) < before + 2 and loop.time() < deadline:  # noqa: ASYNC110 - counts live in the fakes
                 await asyncio.sleep(0.1)
-        await asyncio.sleep(rng.uniform(0.2, 3.0))
+            # a long run spreads its kills over the load (a restart and warm-up take ~30 s)
+            await asyncio.sleep(rng.uniform(0.2, max(3.0, MESSAGES / RATE / KILLS - 30)))
+        else:
+            await asyncio.sleep(rng.uniform(0.2, 3.0))
         gw.kill()
         killed = loop.time()
         await gw.start()
@@ -141,8 +153,9 @@ async def test_chaos_kill_9_three_times_every_message_answered_once(
             # two 500s and one hang in the draw: 10% fail, 5% time out
             llm.chaos(name, 0.15, seed=SEED + n, faults=(Fault.server_error(), Fault.server_error(),
                                                          Fault.hang(60)))
+        http = HttpDriver()
         drivers: list[Driver] = [TelegramDriver(tg), SlackDriver(slack), TeamsDriver(teams),
-                                 EmailDriver(imap, smtp)]
+                                 EmailDriver(imap, smtp), http]
         public_port = free_port()
         public_url = f"http://127.0.0.1:{public_port}"
         config = gateway_config(soulgate_database_url, public_port, soul_dir, llm, drivers)
@@ -161,7 +174,8 @@ async def test_chaos_kill_9_three_times_every_message_answered_once(
                 driver = drivers[i % len(drivers)]
                 sends.append(asyncio.create_task(driver.send(i, public_url)))
                 await asyncio.sleep(max(0.0, started + (i + 1) / RATE - loop.time()))
-            await asyncio.wait_for(asyncio.gather(*sends), 120)
+            # webhooks until accepted; http requests until answered (they wait for the turn)
+            await asyncio.wait_for(asyncio.gather(*sends), 240 + MESSAGES / 5)
             await asyncio.wait_for(chaos, 300)
             state = await settled(soulgate_database_url, MESSAGES, within=180 + MESSAGES / 5)
             await asyncio.sleep(2.0)  # a late duplicate would show up now
@@ -188,6 +202,11 @@ async def test_chaos_kill_9_three_times_every_message_answered_once(
             print("\n" + report)
             assert not problems, "\n".join(problems[:40]) + "\n" + report + "\n" + gw.log_tail(40)
             assert not state.startswith("NOT SETTLED"), report
+            # The http client got, for each request, the answer to that request (an idempotent
+            # retry after a kill returns the first request's answer, not another turn's).
+            for key, text in http.texts.items():
+                assert text == f"echo: chaos {int(key.removeprefix('chaos-'))}" or text.startswith("Sorry"), (
+                    key, text)
 
             # Dead letters and parked rows: each one listed by the admin API, nothing else listed.
             rows = [r for b in books.values() for r in (*b.dead_rows, *b.unknown_rows)]
