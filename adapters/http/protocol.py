@@ -95,7 +95,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     """The request body, checked; raises :class:`ApiError` (400) naming what is wrong."""
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: ~1000 deep
         raise ApiError(400, f"We could not parse the JSON body of your request ({exc}).") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
@@ -111,7 +111,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         if not isinstance(msg, dict):
             raise ApiError(400, f"{where} must be an object", param=where)
         role = msg.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:  # a list or object: unhashable
             raise ApiError(400, f"{where}.role must be one of {', '.join(sorted(_ROLES))}", param=f"{where}.role")
         turns.append((role, _text(msg.get("content"), where)))
     role, text = turns[-1]
