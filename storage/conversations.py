@@ -10,7 +10,7 @@ import asyncpg
 from gateway.envelope import Envelope, ReplyAddress
 
 from .database import Database
-from .storable import storable_envelope, storable_text
+from .storable import storable_envelope, storable_json, storable_text
 
 __all__ = ["ConversationRepo"]
 
@@ -46,7 +46,9 @@ class ConversationRepo:
             "INSERT INTO messages (conversation_key, role, content, inbox_id, meta)"
             " VALUES ($1, $2, $3, $4, $5)",
             [
-                (conversation_key, role, content, uuid.UUID(inbox_id) if inbox_id else None, meta)
+                # a request's earlier messages or an agent's answer may hold a NUL: Postgres refuses it
+                (conversation_key, role, storable_text(content), uuid.UUID(inbox_id) if inbox_id else None,
+                 storable_json(meta))
                 for role, content, meta in entries
             ],
         )
