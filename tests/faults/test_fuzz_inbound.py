@@ -439,6 +439,50 @@ async def test_email_intake_takes_every_bad_mail_exactly_once(
         await drained(db)
 
 
+# -- the http channel (OpenAI-compatible) -----------------------------------------------------
+
+HTTP_KEY = "sk-soulgate-fuzz-key-0000001"
+CHAT: dict[str, Any] = {
+    "model": "assistant", "user": "u1", "stream": False, "stream_options": {"include_usage": True},
+    "messages": [{"role": "system", "content": "be terse"}, {"role": "user", "content": "earlier"},
+                 {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+                 {"role": "user", "content": "hi"}],
+}
+_HEADER_VALUES = st.one_of(st.none(), st.sampled_from(["", " ", "x" * 257, "conv-1"]),
+                           st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40))
+
+
+async def test_http_channel_never_fails_on_bad_requests(soulgate_database_url: str) -> None:
+    table = {"api_keys": [HTTP_KEY], "reply_timeout_seconds": 20}
+    config = test_config({"channels": {"http": {"main": table}}})
+    async with running_gateway(soulgate_database_url, config=config, plugins=[("silent", SILENT)]) as h, \
+            aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{h.gateway.public_port}/v1/chat/completions"
+        db = h.gateway.store.db
+
+        async def one(request: tuple[bytes, str | None, str | None]) -> None:
+            body, conversation, key = request
+            headers = {"Authorization": f"Bearer {HTTP_KEY}", "Content-Type": "application/json"}
+            if conversation is not None:
+                headers["X-Soulgate-Conversation"] = conversation
+            if key is not None:
+                headers["Idempotency-Key"] = key
+            since = await max_seq(db)
+            status, reason = await post(http, url, body, headers)
+            assert status < 500, f"{status} {reason}"
+            new = await check_database(db, since, "http", "main")
+            assert len(new) <= (1 if status == 200 else 0), f"{status} stored {len(new)} rows"
+
+        requests = st.tuples(bodies(CHAT, deep_at="messages"), _HEADER_VALUES, _HEADER_VALUES)
+        await run_in_thread(requests, 120, one, explicit=(
+            (deep(b'{"model": "assistant", "messages": ', 5000), None, None),  # RecursionError: 500
+            (body_with(CHAT, ("messages", 3, "role"), ["user"]), None, None),  # unhashable role: 500
+            # a NUL in an earlier message: seeding the history failed, 503 with x-should-retry: true
+            (body_with(CHAT, ("messages", 1, "content"), "a\x00b"), None, None),
+        ))
+        await drained(db)
+
+
 # -- the admin API's proactive send ----------------------------------------------------------------
 
 
