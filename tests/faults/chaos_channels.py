@@ -26,7 +26,7 @@ from tests.fakes.telegram import FakeTelegram
 
 __all__ = ["Driver", "EmailDriver", "HttpDriver", "SlackDriver", "TeamsDriver", "TelegramDriver"]
 
-RETRY_FIRST, RETRY_MAX = 0.5, 2.0  # seconds between a webhook platform's deliveries of one event
+RETRY_FIRST, RETRY_MAX = 0.5, 3.0  # seconds between a webhook platform's deliveries of one event
 POLICY = "never_twice"  # every channel: "exactly one" is checkable, a cut-off send is parked
 
 
@@ -36,6 +36,8 @@ class Driver:
     key_field: ClassVar[str] = "conversation"
     #: can the fake fail a send on request?
     faults: ClassVar[bool] = True
+    #: can it refuse one for good (the user blocked the bot, the channel is gone)?
+    refusals: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.deliveries = 0  # webhook POSTs, successful or not
@@ -54,6 +56,9 @@ class Driver:
         raise NotImplementedError
 
     def fail_next(self, status: int) -> None:
+        raise NotImplementedError
+
+    def refuse_next(self) -> None:
         raise NotImplementedError
 
     def delivered(self) -> Counter[str]:
@@ -78,6 +83,7 @@ class Driver:
 
 class TelegramDriver(Driver):
     name = "telegram"
+    refusals = True
 
     def __init__(self, fake: FakeTelegram) -> None:
         super().__init__()
@@ -102,12 +108,16 @@ class TelegramDriver(Driver):
         else:
             self.fake.fail_next("sendMessage", error_code=status, description="Internal Server Error")
 
+    def refuse_next(self) -> None:
+        self.fake.fail_next("sendMessage", error_code=403, description="Forbidden: bot was blocked by the user")
+
     def delivered(self) -> Counter[str]:
         return Counter(str(s.chat_id) for s in self.fake.sent)
 
 
 class SlackDriver(Driver):
     name = "slack"
+    refusals = True
 
     def __init__(self, fake: FakeSlack) -> None:
         super().__init__()
@@ -139,6 +149,9 @@ class SlackDriver(Driver):
             self.fake.ratelimit("chat.postMessage", retry_after=1)
         else:
             self.fake.server_error("chat.postMessage", status=status)
+
+    def refuse_next(self) -> None:
+        self.fake.fail("chat.postMessage", "channel_not_found")
 
     def delivered(self) -> Counter[str]:
         return Counter(p.channel for p in self.fake.posts)

@@ -10,7 +10,8 @@ answer too). :func:`reconcile` then holds each message to the delivery contract:
 - the platform received every chunk whose row is ``sent``, nothing more, except
   that a row parked as ``unknown`` (a ``never_twice`` channel whose send was cut
   off mid-flight) may or may not have reached the platform;
-- a ``dead`` row spent its whole retry budget first.
+- a ``dead`` row spent its whole retry budget first, or the platform refused it for
+  good (a permanent error: the user blocked the bot, the channel is gone).
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def reconcile(
         for c in thread.chunks:
             if c["status"] == "dead":
                 books.dead_rows.append({**c, "conversation": conv})
-                if c["attempts"] < max_attempts:
+                if c["attempts"] < max_attempts and not (c["error"] or "").startswith("PermanentDeliveryError"):
                     books.problems.append(
                         f"{where}: chunk {c['seq']} dead-lettered after {c['attempts']} of {max_attempts} "
                         f"attempts: {c['error']}")

@@ -90,24 +90,37 @@ def gateway_config(database_url: str, public_port: int, soul_dir: Path, llm: Fak
 
 class Sprinkler:
     """Makes about ``SEND_FAULTS`` of a platform's sends fail: after each send it sees, a seeded
-    roll decides whether the next one answers 429 or 500 (the fakes' own fault scripting)."""
+    roll decides whether the next one answers 429 or 500 (the fakes' own fault scripting). Where
+    the fake can, one send (at a seeded position) is refused for good instead: that message's
+    reply must end up dead-lettered at once, and listed by the admin API."""
 
     def __init__(self, driver: Driver, rng: random.Random) -> None:
         self.driver, self.rng = driver, rng
-        self.injected: Counter[int] = Counter()
+        self.injected: Counter[str] = Counter()
+        self.refuse_at = rng.randrange(5, 30) if driver.refusals else None
+        self.refused = 0  # permanent refusals a send has used up
 
     async def run(self, stop: asyncio.Event) -> None:
-        seen, armed_at = self.driver.sends(), None
+        seen, armed_at, armed = self.driver.sends(), None, ""
         while not stop.is_set():
             now = self.driver.sends()
-            if armed_at is not None and now > armed_at:
-                armed_at = None  # the scripted failure was used
+            if armed_at is not None and now > armed_at:  # the scripted failure was used
+                self.refused += armed == "refused"
+                armed_at, armed = None, ""
             for _ in range(now - seen):
-                if armed_at is None and self.rng.random() < SEND_FAULTS:
+                if armed_at is not None:
+                    break
+                if self.refuse_at is not None and now >= self.refuse_at and not self.injected["refused"]:
+                    self.driver.refuse_next()
+                    armed = "refused"
+                elif self.rng.random() < SEND_FAULTS:
                     status = self.rng.choice((429, 500))
                     self.driver.fail_next(status)
-                    self.injected[status] += 1
-                    armed_at = now
+                    armed = str(status)
+                else:
+                    continue
+                self.injected[armed] += 1
+                armed_at = now
             seen = now
             await asyncio.sleep(0.01)
 
@@ -212,6 +225,10 @@ async def test_chaos_kill_9_three_times_every_message_answered_once(
             rows = [r for b in books.values() for r in (*b.dead_rows, *b.unknown_rows)]
             assert {r["id"] for r in rows} == {r["id"] for r in listed["dead"]}, (rows, listed)
             assert all(r["status"] in ("dead", "unknown") for r in listed["dead"])
+            # Here the only dead letters are the sends a platform refused for good.
+            dead = [r for b in books.values() for r in b.dead_rows]
+            assert len(dead) == sum(s.refused for s in sprinklers), (dead, report)
+            assert all(r["error"].startswith("PermanentDeliveryError") for r in dead), dead
             # Parked rows come only from sends a kill cut off: at most one per delivery worker per kill.
             assert sum(b.parked for b in books.values()) <= KILLS * 4, report
             assert gw.kills == KILLS and len(kills) == KILLS
