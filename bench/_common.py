@@ -52,6 +52,7 @@ __all__ = [
     "fresh_database",
     "loadavg",
     "machine",
+    "no_reset",
     "pct",
     "quiet_logging",
     "run_load",
@@ -95,6 +96,11 @@ async def server_version(server: str) -> str:
         return str(await conn.fetchval("SHOW server_version")).split()[0]
     finally:
         await conn.close()
+
+
+async def no_reset(_conn: asyncpg.Connection) -> None:
+    """``reset=`` for the baselines' pools: no reset query on release, like the gateway's own pool
+    (storage/database.py), so a baseline never pays a round trip the gateway does not."""
 
 
 # -- numbers and tables ----------------------------------------------------------------------

@@ -45,6 +45,7 @@ from bench._common import (
     fresh_database,
     loadavg,
     machine,
+    no_reset,
     quiet_logging,
     server_version,
     table,
@@ -214,7 +215,8 @@ class Target:
         self.db = Database(self.url, pool_max=args.pool)
         await self.db.connect()  # migrations: the gateway's tables and indexes
         self.store = Store(self.db)
-        self.pool = await asyncpg.create_pool(self.url, min_size=args.workers, max_size=args.pool)
+        self.pool = await asyncpg.create_pool(self.url, min_size=args.workers, max_size=args.pool,
+                                              reset=no_reset)
         self.conn = await asyncpg.connect(self.url)
         await self.conn.execute("CREATE TABLE bare_queue (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
 
@@ -240,16 +242,16 @@ async def round_trips(t: Target, args: argparse.Namespace) -> dict[str, float]:
         nonlocal count
         count += 1
 
-    async def attach(pool: asyncpg.Pool) -> None:
-        # hold every connection the pool can open at once, so each gets the logger
+    async def attach(pool: asyncpg.Pool, on: bool) -> None:
+        # hold every connection the pool can open at once, so each gets (or loses) the logger
         held = [await pool.acquire() for _ in range(pool.get_max_size())]
         for conn in held:
-            conn.add_query_logger(log)
+            (conn.add_query_logger if on else conn.remove_query_logger)(log)
         for conn in held:
             await pool.release(conn)
 
-    await attach(t.pool)
-    await attach(t.db.pool)
+    await attach(t.pool, True)
+    await attach(t.db.pool, True)
     out: dict[str, float] = {}
     for name, run in (("bare DELETE … SKIP LOCKED", run_bare(t.pool, t.conn, args, "count")),
                       ("gateway claim + commit", run_gateway(t.store, t.conn, args, "count", False, "rt-a-")),
@@ -259,6 +261,9 @@ async def round_trips(t: Target, args: argparse.Namespace) -> dict[str, float]:
         result = await run
         await asyncio.sleep(0.05)  # the logger runs via call_soon
         out[name] = count / result.messages
+    # the logger costs time on every query: it must not slow this database's measured runs
+    await attach(t.pool, False)
+    await attach(t.db.pool, False)
     return out
 
 

@@ -19,17 +19,21 @@ Phases (each system on a fresh database, after a short warm-up):
    leave on schedule whatever the server does), bare vs gateway ingress;
 3. the same offered load against a gateway in role ``all`` whose dispatch
    workers are saturated with slow LLM turns: (a) a responder plugin that
-   sleeps ``--slow`` seconds per turn, (b) the real SOUL agent through litellm
-   against the fake LLM answering after ``--llm-latency`` seconds, with
-   ``--agent-workers`` dispatch workers (LLM client CPU in the same process);
-4. the same agent turns in a separate ``soulgate run --role worker`` process,
-   with this process in role ingress (the split deployment of process roles).
+   sleeps ``--slow`` seconds per turn (no CPU), (b) the real SOUL agent through
+   litellm against the fake LLM answering after ``--llm-latency`` seconds, with
+   the default ``--workers`` and with ``--agent-workers`` dispatch workers (the
+   LLM client's CPU in the same process as the webhooks);
+4. the heavy agent load in a separate ``soulgate run --role worker`` process,
+   with this process in role ingress (the split deployment of process roles;
+   ``--worker-nice`` runs it at a lower CPU priority).
+
+``--repeat`` runs every phase that many times, interleaved, and reports medians.
 
 Targets (issue 9): throughput ≥ 0.8 x bare; ack p99 at half load ≤ 2 x bare's
 p99; ack p99 with saturated workers ≤ 1.2 x the unsaturated (ingress) p99.
 
-    python bench/ingress.py                 # ~1.5 minutes on 2 cores
-    python bench/ingress.py --seconds 20 --concurrency 64
+    python bench/ingress.py                 # ~2 minutes on 2 cores
+    python bench/ingress.py --repeat 3 --seconds 15 --worker-nice 10
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -62,6 +67,7 @@ from bench._common import (
     fresh_database,
     loadavg,
     machine,
+    no_reset,
     pct,
     quiet_logging,
     run_load,
@@ -118,7 +124,7 @@ async def bare_server(url: str, pool_max: int) -> AsyncIterator[str]:
     await conn.execute("CREATE TABLE bare_inbox (id bigserial PRIMARY KEY, payload jsonb NOT NULL,"
                        " received_at timestamptz NOT NULL DEFAULT now())")
     await conn.close()
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_max)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_max, reset=no_reset)
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
@@ -197,7 +203,7 @@ async def gateway_server(
 
 @asynccontextmanager
 async def worker_process(url: str, fakes: dict[str, Any], workers: int, pool_max: int, soul_dir: Path,
-                         work: Path) -> AsyncIterator[None]:
+                         work: Path, nice: int = 0) -> AsyncIterator[None]:
     """``soulgate run --role worker`` with the SOUL agent, in its own process (the split deployment)."""
     port = free_port()
     config = work / "worker.toml"
@@ -208,8 +214,9 @@ async def worker_process(url: str, fakes: dict[str, Any], workers: int, pool_max
         f'timeout = 30.0\n\n[channels.slack.main]\nbot_token = "{fakes["token"]}"\n'
         f'signing_secret = "{fakes["secret"]}"\napi_base_url = "{fakes["slack"]}"\n', encoding="utf-8")
     log = (work / "worker.log").open("wb")
+    niced = ["nice", "-n", str(nice)] if nice else []
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "--config", str(config), "run", "--role", "worker",
+        *niced, sys.executable, "-m", "gateway.cli", "--config", str(config), "run", "--role", "worker",
         cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     try:
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as session:
@@ -277,6 +284,55 @@ async def inbox_state(gw: Gateway) -> str:
     return ", ".join(f"{r['status']} {r['n']}" for r in rows)
 
 
+@dataclass
+class Setup:
+    """One system under test: the baseline, or a gateway in some role with some responder."""
+
+    name: str
+    role: str = ""  # "" = the bare baseline
+    responder: str = "noop"
+    workers: int = 4
+    split: bool = False  # agent turns in a separate `soulgate run --role worker` process
+
+
+def setups(args: argparse.Namespace) -> list[Setup]:
+    out = [
+        Setup("bare half"),
+        Setup("gateway half (unsaturated)", "ingress"),
+        Setup("gateway half, sleeping turns", "all", "sleep"),
+        Setup(f"gateway half, agent turns, {args.workers} workers", "all", "agents", args.workers),
+        Setup(f"gateway half, agent turns, {args.agent_workers} workers", "all", "agents", args.agent_workers),
+    ]
+    if args.split:
+        out.append(Setup(f"ingress + worker process ({args.agent_workers} workers"
+                         + (f", nice {args.worker_nice})" if args.worker_nice else ")"),
+                         "ingress", "agents", args.agent_workers, split=True))
+    return out
+
+
+@asynccontextmanager
+async def system(setup: Setup, server: str, fakes: dict[str, Any], args: argparse.Namespace, soul_dir: Path
+                 ) -> AsyncIterator[tuple[str, Gateway | None]]:
+    async with fresh_database(server) as db:
+        if not setup.role:
+            async with bare_server(db, args.pool) as url:
+                yield url, None
+            return
+        agents_here = setup.responder == "agents" and not setup.split
+        async with gateway_server(
+            db, fakes, role=setup.role, responder=setup.responder if agents_here else (
+                "sleep" if setup.responder == "sleep" else "noop"),
+            workers=setup.workers, pool_max=args.pool + (setup.workers if agents_here else 0), slow=args.slow,
+            soul_dir=soul_dir,
+        ) as (url, gw):
+            if setup.split:
+                async with worker_process(db, fakes, setup.workers, setup.workers + args.pool, soul_dir, soul_dir,
+                                          nice=args.worker_nice):
+                    yield url, gw
+            else:
+                yield url, gw
+
+
 async def amain(args: argparse.Namespace) -> None:
     server = await asyncio.to_thread(embedded_server, args.data_dir)
     pg = await server_version(server)
@@ -288,92 +344,73 @@ async def amain(args: argparse.Namespace) -> None:
     closed = {**common, "mode": "closed", "concurrency": args.concurrency}
     try:
         print("maximum throughput (closed loop)", file=sys.stderr)
-        async with fresh_database(server) as db, bare_server(db, args.pool) as url:
-            bare_max = await measure("bare max", url, {**closed, "tag": "bare-max"})
-        async with fresh_database(server) as db, gateway_server(
-            db, fakes.info, role="ingress", responder="noop", workers=4, pool_max=args.pool, slow=0,
-            soul_dir=soul_dir,
-        ) as (url, gw):
-            gw_max = await measure("gateway max", url, {**closed, "tag": "gw-max"})
-            gw_max.note = await inbox_state(gw)
-        phases += [bare_max, gw_max]
-
-        rate = args.rate or 0.5 * min(bare_max.rate, gw_max.rate)
+        maxima = [Setup("bare max"), Setup("gateway max", "ingress")]
+        for i in range(args.repeat):
+            for setup in maxima:
+                async with system(setup, server, fakes.info, args, soul_dir) as (url, gw):
+                    phases.append(await measure(setup.name, url, {**closed, "tag": f"max{i}{setup.role}"}))
+        bare_max = statistics.median(p.rate for p in phases if p.name == "bare max")
+        gw_max = statistics.median(p.rate for p in phases if p.name == "gateway max")
+        rate = args.rate or 0.5 * min(bare_max, gw_max)
         opened = {**common, "mode": "open", "rate": rate}
         print(f"ack latency at {rate:.0f} requests/s (open loop)", file=sys.stderr)
-        async with fresh_database(server) as db, bare_server(db, args.pool) as url:
-            phases.append(await measure("bare half", url, {**opened, "tag": "bare-half"}))
-        async with fresh_database(server) as db, gateway_server(
-            db, fakes.info, role="ingress", responder="noop", workers=4, pool_max=args.pool, slow=0,
-            soul_dir=soul_dir,
-        ) as (url, gw):
-            phases.append(await measure("gateway half", url, {**opened, "tag": "gw-half"}))
-            phases[-1].note = await inbox_state(gw)
-        async with fresh_database(server) as db, gateway_server(
-            db, fakes.info, role="all", responder="sleep", workers=4, pool_max=args.pool, slow=args.slow,
-            soul_dir=soul_dir,
-        ) as (url, gw):
-            phases.append(await measure("gateway half, sleeping turns", url, {**opened, "tag": "gw-sleep"}))
-            phases[-1].note = await inbox_state(gw)
-        async with fresh_database(server) as db, gateway_server(
-            db, fakes.info, role="all", responder="agents", workers=args.agent_workers,
-            pool_max=args.agent_workers + args.pool, slow=0, soul_dir=soul_dir,
-        ) as (url, gw):
-            phases.append(await measure("gateway half, agent turns", url, {**opened, "tag": "gw-agents"},
-                                        turns_done=gw))
-            phases[-1].note = await inbox_state(gw)
-        if args.split:
-            async with fresh_database(server) as db, gateway_server(
-                db, fakes.info, role="ingress", responder="noop", workers=4, pool_max=args.pool, slow=0,
-                soul_dir=soul_dir,
-            ) as (url, gw), worker_process(db, fakes.info, args.agent_workers, args.agent_workers + args.pool,
-                                           soul_dir, soul_dir):
-                phases.append(await measure("ingress + worker process, agent turns", url,
-                                            {**opened, "tag": "gw-split"}, turns_done=gw))
-                phases[-1].note = await inbox_state(gw)
+        for i in range(args.repeat):
+            for n, setup in enumerate(setups(args)):
+                async with system(setup, server, fakes.info, args, soul_dir) as (url, gw):
+                    busy = gw if setup.responder == "agents" else None
+                    phases.append(await measure(setup.name, url, {**opened, "tag": f"half{i}-{n}"}, turns_done=busy))
+                    if gw is not None:
+                        phases[-1].note = await inbox_state(gw)
     finally:
         fakes.close()
     print(report(phases, args, rate, pg, load_before, loadavg()), flush=True)
 
 
 def report(phases: list[Phase], args: argparse.Namespace, rate: float, pg: str, load0: str, load1: str) -> str:
-    by = {p.name: p for p in phases}
+    names = list(dict.fromkeys(p.name for p in phases))
+
+    def med(name: str, value: Any) -> float:
+        return statistics.median(value(p) for p in phases if p.name == name)
+
     rows = []
-    for p in phases:
-        rows.append([p.name, len(p.statuses), p.errors, fmt(p.rate, 0), fmt(p.p(0.5), 2), fmt(p.p(0.99), 2),
-                     fmt(p.cpu_per_request_ms, 3), fmt(pct(p.lag, 0.99) * 1000 if p.lag else float("nan"), 2)])
-    bare_max, gw_max = by["bare max"], by["gateway max"]
-    base = by["gateway half"].p(0.99)
+    for name in names:
+        runs = [p for p in phases if p.name == name]
+        p99s = sorted(p.p(0.99) for p in runs)
+        rows.append([name, sum(len(p.statuses) for p in runs), sum(p.errors for p in runs),
+                     fmt(med(name, lambda p: p.rate), 0), fmt(med(name, lambda p: p.p(0.5)), 1),
+                     fmt(med(name, lambda p: p.p(0.99)), 1),
+                     f"{fmt(p99s[0], 0)}-{fmt(p99s[-1], 0)}" if len(runs) > 1 else "",
+                     fmt(med(name, lambda p: p.cpu_per_request_ms), 2),
+                     fmt(med(name, lambda p: p.turns if p.turns is not None else float("nan")), 0),
+                     fmt(med(name, lambda p: pct(p.lag, 0.99) * 1000 if p.lag else float("nan")), 1)])
+    throughput = med("gateway max", lambda p: p.rate) / med("bare max", lambda p: p.rate)
+    base = med("gateway half (unsaturated)", lambda p: p.p(0.99))
+    half = base / med("bare half", lambda p: p.p(0.99))
     checks = [
-        ("throughput gateway / bare", gw_max.rate / bare_max.rate, "≥ 0.8", gw_max.rate / bare_max.rate >= 0.8),
-        ("ack p99 at half load, gateway / bare", base / by["bare half"].p(0.99), "≤ 2",
-         base / by["bare half"].p(0.99) <= 2),
+        ["throughput gateway / bare", fmt(throughput, 2), "≥ 0.8", "yes" if throughput >= 0.8 else "NO"],
+        ["ack p99 at half load, gateway / bare", fmt(half, 2), "≤ 2", "yes" if half <= 2 else "NO"],
     ]
-    for name, label in (("gateway half, sleeping turns", "sleeping turns"),
-                        ("gateway half, agent turns", "agent turns, one process"),
-                        ("ingress + worker process, agent turns", "agent turns, worker process")):
-        if name in by:
-            ratio = by[name].p(0.99) / base
-            checks.append((f"ack p99 {label} / unsaturated", ratio, "≤ 1.2", ratio <= 1.2))
-    notes = [f"{p.name}: inbox at the end: {p.note}"
-             + (f"; {p.turns} turns done in the measured {args.seconds:g} s" if p.turns is not None else "")
-             for p in phases if p.note]
+    for name in names[4:]:
+        ratio = med(name, lambda p: p.p(0.99)) / base
+        checks.append([f"ack p99 {name.removeprefix('gateway half, ')} / unsaturated", fmt(ratio, 2), "≤ 1.2",
+                       "yes" if ratio <= 1.2 else "NO"])
+    last = {p.name: p for p in phases}
+    notes = [f"{n}: inbox at the end of the last run: {last[n].note}" for n in names if last[n].note]
     out = table(
-        f"soulgate ingress benchmark — Slack Events API webhooks, {args.seconds:g} s per phase, "
-        f"closed loop {args.concurrency} senders, open loop {rate:.0f}/s, {args.channels} DM channels\n"
-        f"machine: {machine()}; PostgreSQL {pg} (embedded); load average before {load0}, after {load1}",
-        ["phase", "requests", "errors", "acked/s", "p50 ms", "p99 ms", "server CPU ms/req", "gen lag p99 ms"],
+        f"soulgate ingress benchmark — Slack Events API webhooks, {args.seconds:g} s per phase, {args.repeat} run(s) "
+        f"each (medians), closed loop {args.concurrency} senders, open loop {rate:.0f}/s, {args.channels} DM "
+        f"channels\nmachine: {machine()}; PostgreSQL {pg} (embedded); load average before {load0}, after {load1}",
+        ["phase", "requests", "errors", "acked/s", "p50 ms", "p99 ms", "p99 range", "CPU ms/req", "turns",
+         "gen lag p99"],
         rows,
         [*notes,
-         f"sleeping turns: role all, 4 dispatch workers, responder sleeps {args.slow:g} s; agent turns: role "
-         f"all, {args.agent_workers} dispatch workers, SOUL agent → litellm → fake LLM "
-         f"({args.llm_latency:g} s latency); ingress + worker process: the same agent turns in a separate "
-         f"`soulgate run --role worker` process, this process in role ingress; server CPU = this process "
-         f"(HTTP server + gateway) per acked request"],
+         f"sleeping turns: role all, 4 dispatch workers, the responder sleeps {args.slow:g} s (no CPU); agent "
+         f"turns: role all, the SOUL agent → litellm → fake LLM answering after {args.llm_latency:g} s; ingress + "
+         "worker process: this process in role ingress, the agent turns in `soulgate run --role worker`",
+         "CPU ms/req = this process (HTTP server + gateway) per acked request; turns = agent turns finished "
+         "during the measured window; gen lag = how late the load generator itself sent (ms)"],
     )
-    out += "\n\n" + table("targets", ["check", "ratio", "target", "met"],
-                          [[n, fmt(r, 2), t, "yes" if ok else "NO"] for n, r, t, ok in checks])
-    return out
+    return out + "\n\n" + table("targets (medians)", ["check", "ratio", "target", "met"], checks)
 
 
 def main() -> None:
@@ -385,7 +422,11 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=10, help="database pool size (the gateway's default)")
     parser.add_argument("--slow", type=float, default=2.0, help="seconds the sleeping responder takes per turn")
     parser.add_argument("--llm-latency", type=float, default=1.0, help="the fake LLM's latency in seconds")
-    parser.add_argument("--agent-workers", type=int, default=32, help="dispatch workers in the agent phase")
+    parser.add_argument("--workers", type=int, default=4, help="dispatch workers (the gateway's default)")
+    parser.add_argument("--agent-workers", type=int, default=32,
+                        help="dispatch workers in the heavy agent phase and the worker process")
+    parser.add_argument("--worker-nice", type=int, default=0, help="nice level of the separate worker process")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every phase, interleaved; medians")
     parser.add_argument("--no-split", dest="split", action="store_false",
                         help="skip the phase with the agent turns in a separate worker process")
     parser.add_argument("--data-dir", help="embedded Postgres data directory (default: a fresh temp dir)")

@@ -234,6 +234,12 @@ async def cpu_per_call(args: argparse.Namespace, api_base: str) -> list[tuple[st
                                   messages=msgs, timeout=30, max_retries=0)
 
     await measure("litellm.acompletion (as agents/llm.py sets litellm up)", direct)
+
+    async def direct_short() -> None:
+        await litellm.acompletion(model="openai/bench-model", api_base=api_base, api_key="sk-bench",
+                                  messages=msgs[-1:], timeout=30, max_retries=0)
+
+    await measure("  the same, a 1-message prompt", direct_short)
     before = getattr(litellm, "turn_off_message_logging", True)
     litellm.turn_off_message_logging = False  # type: ignore[attr-defined]
     try:

@@ -55,6 +55,7 @@ from bench._common import (
     fresh_database,
     loadavg,
     machine,
+    no_reset,
     pct,
     quiet_logging,
     run_load,
@@ -94,7 +95,7 @@ async def reference(url: str, fakes: dict[str, Any], workers: int, pool_max: int
     conn = await asyncpg.connect(url)
     await conn.execute("CREATE TABLE ref_queue (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
     await conn.close()
-    pool = await asyncpg.create_pool(url, min_size=workers, max_size=pool_max)
+    pool = await asyncpg.create_pool(url, min_size=workers, max_size=pool_max, reset=no_reset)
     ready = asyncio.Event()
     session = aiohttp.ClientSession()
     llm_url = fakes["llm"] + "/chat/completions"
