@@ -21,7 +21,7 @@ from __future__ import annotations
 import mimetypes
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from gateway import (
     Attachment,
@@ -75,6 +75,14 @@ def _list(value: Any) -> list[Any]:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def _split_url(url: str) -> SplitResult | None:
+    """``url`` split, or None when urlsplit refuses it (``"http://["`` raises ValueError)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
 
 
 def split_thread(conversation_id: str) -> tuple[str, str | None]:
@@ -134,7 +142,8 @@ def _parts(activity: dict[str, Any], account: str, channel: str, *, with_activit
     _str(sender.get("id"), "from.id")
     _dict(activity.get("recipient"), "recipient")
     service_url = _str(activity.get("serviceUrl"), "serviceUrl")
-    if urlsplit(service_url).scheme not in ("http", "https"):
+    split = _split_url(service_url)
+    if split is None or split.scheme not in ("http", "https"):
         raise BadActivity("serviceUrl must be an http(s) URL")
     kind = _kind(conversation)
     base, root = split_thread(conv_id)
@@ -227,7 +236,8 @@ def _attachments(activity: dict[str, Any]) -> list[Segment]:
             # Images in channel/group messages appear only as <img> tags pointing at
             # Graph hostedContents (or the chat's /v3/attachments store).
             for src in _IMG_SRC.findall(content):
-                host = (urlsplit(src).hostname or "").lower()
+                split = _split_url(src)
+                host = ((split.hostname if split else None) or "").lower()
                 label = NEEDS_GRAPH if host == "graph.microsoft.com" else None
                 add(Attachment(name="image", mime="image/*", ref=src), label)
     return out
