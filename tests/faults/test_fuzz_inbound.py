@@ -298,6 +298,8 @@ _FILE_INFO = "application/vnd.microsoft.teams.file.download.info"
 @example({**_TEAMS_BASE, "attachments": 5})  # the same
 @example({**_TEAMS_BASE, "attachments": [  # TypeError: unhashable downloadUrl
     {"contentType": _FILE_INFO, "content": {"downloadUrl": ["u"]}}]})
+@example({**_TEAMS_BASE, "serviceUrl": "http://["})  # ValueError (Invalid IPv6 URL), not BadActivity
+@example({**_TEAMS_BASE, "attachments": [{"contentType": "text/html", "content": '<img src="http://[">'}]})
 def test_teams_normalizer_returns_an_envelope_or_raises_bad_activity(activity: Any) -> None:
     if not isinstance(activity, dict):
         return  # the webhook answers 400 before normalizing
@@ -364,6 +366,8 @@ async def test_teams_webhook_never_fails_on_bad_activities(soulgate_database_url
                 deep(head + b', "channelData": ', 900),  # stored: what walks it later must not recurse that deep
                 body_with(personal, ("text",), "a\x00b"),  # NUL: the insert failed, 503
                 body_with(personal, ("channelData", "tenant", "id"), "\x00"),  # NUL in the refusal's audit: 500
+                body_with(personal, ("serviceUrl",), "http://[x/"),  # urlsplit's ValueError: 503 forever
+                body_with(personal, ("attachments",), [{"contentType": "text/html", "content": '<img src="http://[">'}]),
             ))
             await drained(db)
         assert not fake.blocked_connections
