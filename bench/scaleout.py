@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -255,12 +256,13 @@ async def measure(server: str, count: int, args: argparse.Namespace, llm: str | 
 
 
 def report(runs: list[Run], args: argparse.Namespace, pg_version: str, load0: str) -> str:
-    base = runs[0]
+    singles = [r.rate for r in runs if r.count == 1]
+    base_rate = statistics.median(singles)
     rows = []
     for r in runs:
         ms = [x * 1000 for x in r.latency]
         busy = 100 * r.cpu["busy"] / r.cpu["total"] * (os.cpu_count() or 1)
-        rows.append([r.name, r.completed, fmt(r.rate, 1), fmt(r.rate / base.rate, 2), fmt(pct(ms, 0.5), 1),
+        rows.append([r.name, r.completed, fmt(r.rate, 1), fmt(r.rate / base_rate, 2), fmt(pct(ms, 0.5), 1),
                      fmt(pct(ms, 0.99), 1), fmt(r.per_message("gateway"), 2), fmt(r.per_message("postgres"), 2),
                      fmt(r.per_message("client"), 2), fmt(r.per_message("xacts"), 1),
                      fmt(r.per_message("writes"), 1), f"{busy:.0f}%", sum(r.errors.values())])
@@ -271,7 +273,10 @@ def report(runs: list[Run], args: argparse.Namespace, pg_version: str, load0: st
         f" the instances; {args.warmup:.0f}s warm-up, {args.seconds:.0f}s measured; default workers per instance",
         "CPU ms/msg: CPU time of all gateway processes / of every Postgres process / of the load client, divided"
         " by the answered requests; PG xacts and row writes per message from pg_stat_database",
-        f"machine busy: all CPUs together, out of {100 * (os.cpu_count() or 1)}%",
+        f"machine busy: all CPUs together, out of {100 * (os.cpu_count() or 1)}% (other processes on the machine"
+        " included: the CPU columns times msgs/s show how much of it was ours)",
+        f"x 1 inst: against the median of the 1-instance runs; {args.instances} / 1 instances, medians:"
+        f" {statistics.median(r.rate for r in runs if r.count > 1) / base_rate:.2f}",
     ]
     header = ["run", "answered", "msgs/s", "x 1 inst", "p50 ms", "p99 ms", "gw CPU ms/msg", "pg CPU ms/msg",
               "client CPU ms/msg", "pg xacts/msg", "pg writes/msg", "machine busy", "errors"]
