@@ -39,8 +39,30 @@ def storable_text(text: str) -> str:
 
 def storable_json(value: Any) -> Any:
     """``value`` (a JSON-like tree) with every string storable, every float finite, depth bounded."""
-    cleaned, _ = _clean(value, 0)
-    return cleaned
+    return _clean(value, 0)[0] if _dirty(value, 0) else value
+
+
+def _dirty(value: Any, depth: int) -> bool:
+    """Whether anything needs cleaning: a walk that allocates nothing, for the common clean case."""
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            return True
+        for k, v in value.items():
+            if _UNSTORABLE.search(k) is not None or _dirty(v, depth + 1):
+                return True
+        return False
+    if isinstance(value, list | tuple):
+        if depth >= MAX_DEPTH:
+            return True
+        for v in value:
+            if _dirty(v, depth + 1):
+                return True
+        return False
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return False
 
 
 def _clean(value: Any, depth: int) -> tuple[Any, bool]:
@@ -67,5 +89,5 @@ def _clean(value: Any, depth: int) -> tuple[Any, bool]:
 
 def storable_envelope(envelope: Envelope) -> Envelope:
     """The envelope itself when Postgres can store it, else a cleaned copy (same id)."""
-    data, changed = _clean(envelope.to_json(), 0)
-    return Envelope.from_json(data) if changed else envelope
+    data = envelope.to_json()
+    return Envelope.from_json(_clean(data, 0)[0]) if _dirty(data, 0) else envelope
