@@ -56,6 +56,7 @@ __all__ = [
     "pct",
     "quiet_logging",
     "run_load",
+    "scratch_dir",
     "table",
 ]
 
@@ -147,6 +148,13 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], note
     out += [line(r) for r in cells[1:]]
     out += ["", *notes] if notes else []
     return "\n".join(out)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh temporary directory, removed when the benchmark exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def free_port() -> int:

@@ -44,7 +44,6 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -71,6 +70,7 @@ from bench._common import (
     pct,
     quiet_logging,
     run_load,
+    scratch_dir,
     server_version,
     table,
 )
@@ -326,8 +326,8 @@ async def system(setup: Setup, server: str, fakes: dict[str, Any], args: argpars
             soul_dir=soul_dir,
         ) as (url, gw):
             if setup.split:
-                async with worker_process(db, fakes, setup.workers, setup.workers + args.pool, soul_dir, soul_dir,
-                                          nice=args.worker_nice):
+                async with worker_process(db, fakes, setup.workers, setup.workers + args.pool, soul_dir,
+                                          soul_dir.parent, nice=args.worker_nice):
                     yield url, gw
             else:
                 yield url, gw
@@ -337,7 +337,9 @@ async def amain(args: argparse.Namespace) -> None:
     server = await asyncio.to_thread(embedded_server, args.data_dir)
     pg = await server_version(server)
     fakes = FakesProcess(llm_latency=args.llm_latency)
-    soul_dir = Path(tempfile.mkdtemp(prefix="soulgate-bench-souls-"))  # empty: the built-in agent
+    work = scratch_dir("soulgate-bench-ingress-")
+    soul_dir = work / "soul"  # empty: the built-in agent
+    soul_dir.mkdir()
     load_before = loadavg()
     phases: list[Phase] = []
     common = {"secret": fakes.info["secret"], "channels": args.channels, "duration": args.seconds}

@@ -34,7 +34,6 @@ import json
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -59,6 +58,7 @@ from bench._common import (
     pct,
     quiet_logging,
     run_load,
+    scratch_dir,
     server_version,
     table,
 )
@@ -226,7 +226,7 @@ async def amain(args: argparse.Namespace) -> None:
     server = await asyncio.to_thread(embedded_server, args.data_dir)
     pg = await server_version(server)
     fakes = FakesProcess(llm_latency=0.0)
-    soul_dir = Path(tempfile.mkdtemp(prefix="soulgate-bench-souls-"))  # empty: the built-in agent
+    soul_dir = scratch_dir("soulgate-bench-souls-")  # empty: the built-in agent
     load0 = loadavg()
     results: list[Turns] = []
     try:
