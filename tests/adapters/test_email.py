@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
@@ -16,9 +15,10 @@ from typing import Any, cast
 import pytest
 
 from adapters.email import EmailAdapter
-from gateway import AdmitResult, Envelope, Reply, Turn, TurnResult, hookimpl
+from gateway import AdmitResult, Envelope, Turn, TurnResult
 from gateway.config import Config
 from gateway.testing import GatewayHarness, running_gateway, test_config
+from gateway.testing.recorder import RecordingResponder
 from tests.fakes import mailmessages as mm
 from tests.fakes import mailserver
 from tests.fakes.mailserver import FakeImapServer, FakeSmtpServer, ReceivedMail, SmtpMode, start_smtp_server
@@ -32,28 +32,9 @@ ALICE = "alice@example.org"
 Respond = Callable[[Turn], Awaitable[TurnResult]]
 
 
-class Recorder:
-    """A responder plugin that answers in Markdown and remembers every turn."""
-
-    def __init__(self, respond: Respond | None = None) -> None:
-        self.turns: list[Turn] = []
-        self._respond = respond
-
-    async def respond(self, turn: Turn) -> TurnResult:
-        self.turns.append(turn)
-        if self._respond is not None:
-            return await self._respond(turn)
-        return TurnResult(replies=[Reply(text=f"**echo** ({len(turn.history)} before): {turn.envelope.text}")])
-
-    def plugin(self) -> types.SimpleNamespace:
-        recorder = self
-
-        @hookimpl
-        def soulgate_responder(services: Any) -> Any:
-            return recorder
-
-        return types.SimpleNamespace(soulgate_responder=soulgate_responder)
-
+class Recorder(RecordingResponder):
+    def echo_text(self, turn: Turn) -> str:
+        return f"**echo** ({len(turn.history)} before): {turn.envelope.text}"
 
 def account_table(imap_srv: FakeImapServer, smtp_srv: FakeSmtpServer, **over: Any) -> dict[str, Any]:
     imap_over = over.pop("imap", {})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,9 +21,10 @@ from adapters.slack import SlackConfig
 from adapters.slack.inbound import Identity, Ignored, Parsed, parse_event, plain_text
 from adapters.slack.mrkdwn import to_mrkdwn
 from adapters.slack.outbound import render_chunks
-from gateway import Attachment, ConfigError, Envelope, Reply, Turn, TurnResult, hookimpl
+from gateway import Attachment, ConfigError, Envelope, Reply, Turn, TurnResult
 from gateway.runtime import Gateway
 from gateway.testing import GatewayHarness, running_gateway, test_config
+from gateway.testing.recorder import RecordingResponder
 from tests.fakes import slack as slack_fakes
 from tests.fakes.slack import (
     FakeSlack,
@@ -43,38 +43,9 @@ fake_slack = slack_fakes.fake_slack
 Respond = Callable[[Turn], Awaitable[TurnResult]]
 
 
-class Recorder:
-    """A responder plugin that echoes and remembers every turn it saw."""
-
-    def __init__(self, respond: Respond | None = None) -> None:
-        self.turns: list[Turn] = []
-        self._respond = respond
-
-    async def respond(self, turn: Turn) -> TurnResult:
-        self.turns.append(turn)
-        if self._respond is not None:
-            return await self._respond(turn)
-        return TurnResult(replies=[Reply(text=f"echo: {turn.envelope.text} ({len(turn.history)} earlier)")])
-
-    def plugin(self) -> types.SimpleNamespace:
-        recorder = self
-
-        class _Responder:
-            name = "recorder"
-
-            async def respond(self, turn: Turn) -> TurnResult:
-                return await recorder.respond(turn)
-
-        @hookimpl
-        def soulgate_responder(services: Any) -> Any:
-            return _Responder()
-
-        return types.SimpleNamespace(soulgate_responder=soulgate_responder)
-
-    @property
-    def envelopes(self) -> list[Envelope]:
-        return [t.envelope for t in self.turns]
-
+class Recorder(RecordingResponder):
+    def echo_text(self, turn: Turn) -> str:
+        return f"echo: {turn.envelope.text} ({len(turn.history)} earlier)"
 
 def account(fake: FakeSlack, workspace: Workspace | None = None, **extra: Any) -> dict[str, Any]:
     ws = workspace or fake.workspace

@@ -21,8 +21,9 @@ import pytest
 
 import adapters.teams as teams
 from adapters.teams.adapter import TEAMS_LIMITS, TeamsAdapter, bucket
-from gateway import ConfigError, Envelope, Reply, ReplyAddress, Turn, TurnResult, hookimpl, utf16_len
+from gateway import ConfigError, Reply, ReplyAddress, Turn, TurnResult, hookimpl, utf16_len
 from gateway.testing import GatewayHarness, running_gateway, test_config
+from gateway.testing.recorder import RecordingResponder
 from tests.fakes import teams as fakes
 from tests.fakes.teams import FakeTeams, post_activity, start_fake_teams
 
@@ -34,23 +35,7 @@ CHANNEL = "19:fakeChannel0001@thread.tacv2"
 TEAM = "19:fakeTeamGeneral0001@thread.tacv2"
 
 
-class Recorder:
-    """Responder that echoes (or runs ``respond``) and keeps every turn."""
-
-    def __init__(self, respond: Respond | None = None) -> None:
-        self.turns: list[Turn] = []
-        self._respond = respond
-
-    async def respond(self, turn: Turn) -> TurnResult:
-        self.turns.append(turn)
-        if self._respond is not None:
-            return await self._respond(turn)
-        return TurnResult(replies=[Reply(text=f"echo: {turn.envelope.text}")])
-
-    @property
-    def envelopes(self) -> list[Envelope]:
-        return [t.envelope for t in self.turns]
-
+Recorder = RecordingResponder
 
 def plugin_under_test(fake: FakeTeams, recorder: Recorder, password: str | None = None) -> types.SimpleNamespace:
     """The Teams plugin as built in, but with the fake's loopback credentials factory

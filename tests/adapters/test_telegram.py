@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -16,10 +15,11 @@ from aiogram.exceptions import TelegramConflictError
 
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.webhook import SECRET_HEADER, derive_secret
-from gateway import ConfigError, Envelope, Reply, Turn, TurnResult, hookimpl, utf16_len
+from gateway import ConfigError, Envelope, Reply, Turn, TurnResult, utf16_len
 from gateway.config import Config
 from gateway.runtime import Gateway
 from gateway.testing import GatewayHarness, running_gateway, test_config
+from gateway.testing.recorder import RecordingResponder
 from tests.fakes.telegram import (
     POLL_CONFLICT,
     FakeTelegram,
@@ -31,28 +31,7 @@ Respond = Callable[[Turn], Awaitable[TurnResult]]
 GROUP = -1001234567890
 
 
-class Recorder:
-    """A responder plugin that echoes and remembers every turn it saw."""
-
-    def __init__(self, respond: Respond | None = None) -> None:
-        self.turns: list[Turn] = []
-        self._respond = respond
-
-    async def respond(self, turn: Turn) -> TurnResult:
-        self.turns.append(turn)
-        if self._respond is not None:
-            return await self._respond(turn)
-        return TurnResult(replies=[Reply(text=f"echo: {turn.envelope.text}")])
-
-    def plugin(self) -> types.SimpleNamespace:
-        recorder = self
-
-        @hookimpl
-        def soulgate_responder(services: Any) -> Any:
-            return recorder
-
-        return types.SimpleNamespace(soulgate_responder=soulgate_responder)
-
+Recorder = RecordingResponder
 
 def config_for(fake: FakeTelegram, *, extra: dict[str, Any] | None = None, **account: Any) -> Config:
     table = {"token": fake.token, "api_base": fake.base_url, "poll_timeout": 1, **account}
