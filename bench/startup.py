@@ -269,6 +269,15 @@ async def cpu_per_call(args: argparse.Namespace, api_base: str) -> list[tuple[st
 
 
 async def amain(args: argparse.Namespace) -> None:
+    if args.calls_only:  # no Postgres needed: only the fake LLM
+        load0, fakes = loadavg(), FakesProcess(llm_latency=0.0)
+        try:
+            print("CPU per completion", file=sys.stderr, flush=True)
+            calls = await cpu_per_call(args, fakes.info["llm"])
+        finally:
+            fakes.close()
+        print(report(args, {}, [], calls, "", load0, loadavg()), flush=True)
+        return
     server = await asyncio.to_thread(embedded_server, args.data_dir)
     pg = await server_version(server)
     load0 = loadavg()
@@ -293,6 +302,15 @@ async def amain(args: argparse.Namespace) -> None:
 
 def report(args: argparse.Namespace, ready: dict[str, list[float]], imports: list[tuple[str, float, float]],
            calls: list[tuple[str, float, float]], pg: str, load0: str, load1: str) -> str:
+    calls_table = table(
+        f"CPU per chat completion — fake LLM in its own process, answering at once; {args.calls} sequential calls "
+        f"after {args.warmup} warm-up, a {len(messages())}-message prompt\nmachine: {machine()}; load average "
+        f"before {load0}, after {load1}",
+        ["client", "CPU ms/call", "wall ms/call"], [[n, fmt(c, 2), fmt(w, 2)] for n, c, w in calls],
+        ["CPU = this process only (time.process_time); the fake server's CPU is not in it"],
+    )
+    if not ready:  # --calls-only
+        return calls_table
     base = statistics.median(ready["minimal aiohttp + asyncpg app"])
     rows = [[k, fmt(statistics.median(v), 2), fmt(min(v), 2), fmt(max(v), 2),
              fmt(statistics.median(v) / base, 2)] for k, v in ready.items()]
@@ -308,12 +326,7 @@ def report(args: argparse.Namespace, ready: dict[str, list[float]], imports: lis
                      [["soulgate run / minimal app", fmt(ratio, 2), "≤ 2", "yes" if ratio <= 2 else "NO"]]))
     out.append(table(f"import time in a fresh interpreter (median of {args.import_repeat})",
                      ["module", "wall s", "CPU s"], [[m, fmt(w, 2), fmt(c, 2)] for m, w, c in imports]))
-    out.append(table(
-        f"CPU per chat completion — fake LLM in its own process, answering at once; {args.calls} sequential calls "
-        f"after {args.warmup} warm-up, a {len(messages())}-message prompt",
-        ["client", "CPU ms/call", "wall ms/call"], [[n, fmt(c, 2), fmt(w, 2)] for n, c, w in calls],
-        ["CPU = this process only (time.process_time); the fake server's CPU is not in it"],
-    ))
+    out.append(calls_table)
     return "\n\n".join(out)
 
 
@@ -323,6 +336,7 @@ def main() -> None:
     parser.add_argument("--import-repeat", type=int, default=3, help="fresh interpreters per import timing")
     parser.add_argument("--calls", type=int, default=200, help="completions per client")
     parser.add_argument("--warmup", type=int, default=20, help="completions before the clock starts")
+    parser.add_argument("--calls-only", action="store_true", help="only the CPU-per-completion table")
     parser.add_argument("--data-dir", help="embedded Postgres data directory (default: a fresh temp dir)")
     args = parser.parse_args()
     quiet_logging()
