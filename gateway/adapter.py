@@ -139,6 +139,15 @@ class Adapter(abc.ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Stop receiving; in-flight admits finish first."""
 
+    async def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Release what sending holds (HTTP sessions, connection pools).
+
+        Called once at gateway shutdown, after :meth:`stop` and after in-flight
+        sends were drained, on every adapter, started or not: a ``--role worker``
+        gateway sends through adapters it never starts. So open sending
+        resources lazily, on first use in the running loop, not in ``__init__``.
+        """
+
     @abc.abstractmethod
     async def send(self, address: ReplyAddress, reply: Reply) -> SendResult:
         """Send one chunk (already rendered by :meth:`render`) to ``address``.

@@ -347,6 +347,11 @@ class Gateway:
                 await task
         self._workers.clear()
         self._tasks.clear()
+        for adapter in self.adapters.values():  # started or not: workers send through all of them
+            try:
+                await asyncio.wait_for(adapter.close(), 10)
+            except Exception:
+                log.exception("adapter %s/%s did not close cleanly", adapter.channel, adapter.account)
         for runner in reversed(self._runners):
             with suppress(Exception):
                 await runner.cleanup()

@@ -26,7 +26,7 @@ from .config import SlackConfig
 from .files import download_attachment
 from .http import EventsEndpoint
 from .inbound import CHANNEL, Identity, Ignored, parse_event
-from .outbound import SlackOutbound, make_client, render_chunks
+from .outbound import SlackOutbound, WebApi, render_chunks
 from .socket import SocketModeRunner
 
 __all__ = ["SlackAdapter"]
@@ -44,8 +44,10 @@ class SlackAdapter(Adapter):
         self.delivery_policy = config.delivery_policy
         self.identity = Identity(bot_user_id=config.bot_user_id)
         self.auth_error: str | None = None
-        self.client = make_client(config)  # also used without start(): a worker-only instance sends
-        self.outbound = SlackOutbound(config, self.client)
+        # Also used without start(): a worker-only instance sends. Its HTTP session opens at the
+        # first call (there is no event loop here: factories run in a thread) and closes in close().
+        self.api = WebApi(config)
+        self.outbound = SlackOutbound(config, self.api)
         self._ctx: AdapterContext | None = None
         self._socket: SocketModeRunner | None = None
         self._auth_task: asyncio.Task[None] | None = None
@@ -77,10 +79,14 @@ class SlackAdapter(Adapter):
                 await self._auth_task
         if self._socket is not None:
             await self._socket.stop()
+        # The Web API session stays open: the gateway drains in-flight sends after stop().
+
+    async def close(self) -> None:
+        await self.api.close()
 
     async def _authenticate(self, ctx: AdapterContext) -> None:
         try:
-            answer = await self.client.auth_test()
+            answer = await self.api.client().auth_test()
         except SlackApiError as exc:
             self.auth_error = str(exc.response.get("error") or exc.response.status_code)
             ctx.log.error("Slack rejected the bot token of account %r: %s", self.account, self.auth_error)

@@ -9,10 +9,20 @@ made, so nothing was sent). Every other failure goes to the delivery worker:
 429 → :class:`RetryAfter`; a timeout or dropped connection →
 :class:`OutcomeUnknown`, which the account's ``delivery_policy`` (default
 ``never_twice``) parks instead of posting again.
+
+Why one session: without ``session=``, slack-sdk opens a new
+``aiohttp.ClientSession`` (a new TCP and TLS handshake with slack.com) for
+every call and closes it after. :class:`WebApi` keeps one session per account,
+opened lazily on the running loop at the first call (a ``--role worker``
+gateway sends without ever starting its adapters) and closed by
+``SlackAdapter.close`` at gateway shutdown. The retry narrowing above still
+holds: a request on a reused connection that the server closes under it fails
+with ``ServerDisconnectedError`` → ``OutcomeUnknown``, never a silent re-post.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from typing import Any
@@ -37,7 +47,7 @@ from gateway import (
 from .config import SlackConfig
 from .mrkdwn import escape, link, to_mrkdwn
 
-__all__ = ["SlackOutbound", "classify_api_error", "make_client", "render_chunks"]
+__all__ = ["SlackOutbound", "WebApi", "classify_api_error", "make_client", "render_chunks"]
 
 log = logging.getLogger("soulgate.adapters.slack")
 
@@ -58,6 +68,41 @@ def make_client(cfg: SlackConfig) -> AsyncWebClient:
             max_retry_count=1, error_types=[aiohttp.ClientConnectorError],
         )],
     )
+
+
+class WebApi:
+    """The account's Web API client and its one long-lived HTTP session.
+
+    Call :meth:`client` (inside the event loop) for every request: it attaches
+    the live session, opening it first if there is none yet, it was closed, or
+    it belongs to another loop (an aiohttp session cannot cross loops).
+    """
+
+    def __init__(self, cfg: SlackConfig) -> None:
+        self._client = make_client(cfg)
+        self._timeout = aiohttp.ClientTimeout(total=max(1.0, cfg.timeout_seconds))
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.sessions_opened = 0  # for status(): more than 1 means the session was reopened
+
+    def client(self) -> AsyncWebClient:
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or session.closed or self._loop is not loop:
+            # slack-sdk passes no per-request timeout with a session of ours: the session's applies.
+            session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session, self._loop = session, loop
+            self.sessions_opened += 1
+        self._client.session = session
+        return self._client
+
+    async def close(self) -> None:
+        """Close the session (idempotent); a later call would open a new one."""
+        session, loop = self._session, self._loop
+        self._session = self._loop = None
+        self._client.session = None
+        if session is not None and not session.closed and loop is asyncio.get_running_loop():
+            await session.close()
 
 
 def render_chunks(reply: Reply, limit: int) -> list[Reply]:
@@ -124,9 +169,9 @@ def classify_api_error(exc: SlackApiError) -> Exception:
 class SlackOutbound:
     """Everything that writes to Slack for one account."""
 
-    def __init__(self, cfg: SlackConfig, client: AsyncWebClient) -> None:
+    def __init__(self, cfg: SlackConfig, api: WebApi) -> None:
         self.cfg = cfg
-        self.client = client
+        self.api = api
         # Messages this instance reacted to, so the reaction is added once and
         # removed only where it was added (a bounded memory, not a source of truth).
         self._reacted: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -149,7 +194,7 @@ class SlackOutbound:
         if isinstance(thread_ts, str) and thread_ts:
             args["thread_ts"] = thread_ts
         try:
-            response = await self.client.chat_postMessage(**args)
+            response = await self.api.client().chat_postMessage(**args)
         except SlackApiError as exc:
             raise classify_api_error(exc) from exc
         except aiohttp.ClientConnectorError as exc:  # never connected: nothing was sent
@@ -172,7 +217,7 @@ class SlackOutbound:
         while len(self._reacted) > _REACTED_MEMORY:
             self._reacted.popitem(last=False)
         try:
-            await self.client.reactions_add(channel=key[0], timestamp=key[1], name=self.cfg.ack_reaction)
+            await self.api.client().reactions_add(channel=key[0], timestamp=key[1], name=self.cfg.ack_reaction)
         except SlackApiError as exc:
             if exc.response.get("error") != "already_reacted":
                 log.debug("reactions.add failed: %s", exc.response.get("error"))
@@ -185,7 +230,7 @@ class SlackOutbound:
             return
         del self._reacted[key]
         try:
-            await self.client.reactions_remove(channel=key[0], timestamp=key[1], name=self.cfg.ack_reaction)
+            await self.api.client().reactions_remove(channel=key[0], timestamp=key[1], name=self.cfg.ack_reaction)
         except (SlackApiError, TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug("reactions.remove failed: %s", exc)  # the answer is posted; that matters
 

@@ -80,6 +80,7 @@ class ApiCall:
     status: int  # 0 = connection dropped before any answer
     error: str | None = None
     at: float = field(default_factory=time.monotonic)
+    peer: tuple[str, int] | None = None  # the client's (host, port): one per TCP connection
 
 
 @dataclass
@@ -273,6 +274,10 @@ class FakeSlack:
     def count(self, method: str, status: int | None = None) -> int:
         return sum(1 for c in self.calls_to(method) if status is None or c.status == status)
 
+    def connections(self, method: str | None = None) -> int:
+        """How many distinct TCP connections carried the calls (to ``method``, if given)."""
+        return len({c.peer for c in self.calls if method is None or c.method == method})
+
     def posts_in(self, channel: str, thread_ts: str | None = None) -> list[Post]:
         return [p for p in self.posts
                 if p.channel == channel and (thread_ts is None or p.thread_ts == thread_ts)]
@@ -320,6 +325,9 @@ class FakeSlack:
         auth = request.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else args.pop("token", None)
         call = ApiCall(method, token, args, 200)
+        if request.transport is not None:
+            peer = request.transport.get_extra_info("peername")
+            call.peer = (peer[0], peer[1]) if peer else None
         self.calls.append(call)
 
         fault = self._faults[method].popleft() if self._faults[method] else None
