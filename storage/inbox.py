@@ -1,7 +1,7 @@
 """The inbox: admitted envelopes waiting for a turn.
 
 ``admit`` is the only write on the acknowledgement path: two inserts and a
-NOTIFY in one short transaction. ``claim`` hands the oldest claimable row to a
+NOTIFY in one statement (a function from migration 005, one round trip). ``claim`` hands the oldest claimable row to a
 worker, keeping FIFO order inside a conversation (a row is claimable only when
 no earlier row of its conversation is still live) and parallelism across
 conversations (``FOR UPDATE SKIP LOCKED``). A claim carries a lease and a
@@ -15,12 +15,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
 from gateway.envelope import Envelope
 
 from .database import Database
-from .storable import storable_envelope
+from .storable import storable_json_text, storable_text
 
 __all__ = ["INBOX_CHANNEL", "ClaimedTurn", "InboxRepo", "LostClaim"]
 
@@ -29,11 +27,6 @@ INBOX_CHANNEL = "soulgate_inbox"
 
 class LostClaim(Exception):
     """The row's lease expired and another worker owns it now; this turn must not commit."""
-
-
-class _Duplicate(Exception):
-    def __init__(self, inbox_id: str) -> None:
-        self.inbox_id = inbox_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,35 +42,26 @@ class InboxRepo:
         self.db = db
 
     async def admit(self, envelope: Envelope) -> tuple[str, bool]:
-        """Store the envelope unless one of its natural keys is known; returns (inbox id, created)."""
-        envelope = storable_envelope(envelope)  # a NUL in a message must not make it unstorable
-        keys = list(dict.fromkeys([envelope.external_id, *envelope.alt_ids]))
-        try:
-            async with self.db.transaction() as conn:
-                got = await conn.fetch(
-                    "INSERT INTO inbox_keys (channel, account, key, inbox_id)"
-                    " SELECT $1, $2, k, $4 FROM unnest($3::text[]) AS k"
-                    " ON CONFLICT DO NOTHING RETURNING key",
-                    envelope.channel, envelope.account, keys, uuid.UUID(envelope.id),
-                )
-                if len(got) < len(keys):
-                    owner = await conn.fetchval(
-                        "SELECT inbox_id FROM inbox_keys WHERE channel = $1 AND account = $2"
-                        " AND key = ANY($3::text[]) AND inbox_id <> $4 LIMIT 1",
-                        envelope.channel, envelope.account, keys, uuid.UUID(envelope.id),
-                    )
-                    raise _Duplicate(str(owner))
-                await conn.execute(
-                    "INSERT INTO inbox (id, channel, account, external_id, conversation_key,"
-                    " envelope, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    uuid.UUID(envelope.id), envelope.channel, envelope.account,
-                    envelope.external_id, envelope.conversation_key, envelope.to_json(),
-                    envelope.received_at,
-                )
-                await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
-        except _Duplicate as dup:
-            return dup.inbox_id, False
-        return envelope.id, True
+        """Store the envelope unless one of its natural keys is known; returns (inbox id, created).
+
+        One statement (``soulgate_admit``, migration 005): the keys, the row and the NOTIFY
+        commit together, or, for a duplicate, nothing is written.
+        """
+        # a NUL in a message must not make it unstorable: the JSON is cleaned, and so are the
+        # columns copied out of it (keys deduplicated after cleaning, which may merge two;
+        # sorted, so two admissions sharing keys lock them in the same order: no deadlock)
+        keys = sorted({storable_text(k) for k in (envelope.external_id, *envelope.alt_ids)})
+        body = storable_json_text(envelope.to_json())
+        external_id, conversation_key = storable_text(envelope.external_id), storable_text(envelope.conversation_key)
+        async with self.db.pool.acquire() as conn:
+            owner = await conn.fetchval(
+                "SELECT soulgate_admit($1, $2, $3, $4::text[], $5, $6, $7::text::jsonb, $8)",
+                uuid.UUID(envelope.id), storable_text(envelope.channel), storable_text(envelope.account),
+                keys, external_id, conversation_key, body, envelope.received_at,
+            )
+        if owner is None:  # a concurrent admission took its keys back under us: let the platform retry
+            raise RuntimeError(f"admission of {envelope.id} found a duplicate without an owner")
+        return str(owner), str(owner) == envelope.id
 
     async def claim(self, worker: str, lease_seconds: float) -> ClaimedTurn | None:
         token = uuid.uuid4()
@@ -130,19 +114,6 @@ class InboxRepo:
                 " error = $3 WHERE id = $1 AND claim_token = $2 AND status = 'claimed'",
                 uuid.UUID(claim.inbox_id), uuid.UUID(claim.token), error[:2000],
             )
-
-    @staticmethod
-    async def complete(
-        conn: asyncpg.Connection, claim: ClaimedTurn, *, status: str = "done", error: str | None = None
-    ) -> None:
-        """Inside the turn's transaction: mark the row finished, or raise :class:`LostClaim`."""
-        res = await conn.execute(
-            "UPDATE inbox SET status = $3, done_at = now(), lease_until = NULL, error = $4"
-            " WHERE id = $1 AND claim_token = $2 AND status = 'claimed'",
-            uuid.UUID(claim.inbox_id), uuid.UUID(claim.token), status, error,
-        )
-        if not res.endswith(" 1"):
-            raise LostClaim(claim.inbox_id)
 
     async def counts(self) -> dict[str, int]:
         rows = await self.db.fetch(

@@ -11,6 +11,12 @@ Such characters become U+FFFD (visible, and the rest of the text is kept) and
 non-finite numbers become null. Values without them are returned as they are,
 so the common case costs one scan and no copy.
 
+Writers that send JSON text to Postgres use :func:`storable_json_text`: it
+serialises once and scans the text (C speed), and walks the tree only when the
+text shows a reason to (an escaped NUL, a lone surrogate, NaN, or more brackets
+than ``MAX_DEPTH``, which any deeper nesting needs). That walk was ~15 % of the
+ingress CPU when it ran on every event (docs/performance.md).
+
 Nesting is cut at ``MAX_DEPTH`` levels as well. A payload nested just under
 Python's recursion limit (about 1 000 levels; ``json`` refuses deeper ones) is
 parsed fine at the webhook, but encoding it for the insert, or decoding the row
@@ -20,17 +26,23 @@ worker could ever read. No real platform event nests anywhere near 100 levels.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
 
 from gateway.envelope import Envelope
 
-__all__ = ["MAX_DEPTH", "storable_envelope", "storable_json", "storable_text"]
+__all__ = ["MAX_DEPTH", "storable_envelope", "storable_json", "storable_json_text", "storable_text"]
 
 MAX_DEPTH = 100
 _TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels: dropped]"
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# In JSON text written with ensure_ascii=False: a NUL is always escaped (``\u0000``), a lone
+# surrogate stays a raw character. A literal backslash-u-0000 typed by a user also matches:
+# that only costs the slow path, never a wrong answer.
+_UNSTORABLE_IN_JSON = re.compile("\\\\u0000|[\ud800-\udfff]")
+_DUMPS = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 def storable_text(text: str) -> str:
@@ -85,6 +97,19 @@ def _clean(value: Any, depth: int) -> tuple[Any, bool]:
             return [v for v, _ in parts], True
         return value, False
     return value, False
+
+
+def storable_json_text(value: Any) -> str:
+    """``value`` as JSON text Postgres accepts as ``jsonb`` (what :func:`storable_json` would
+    make of it, serialised); the tree is walked only when the text says it might need it."""
+    try:
+        text = _DUMPS(value)
+    except (ValueError, RecursionError):  # NaN/Infinity, or nesting deeper than Python's stack
+        return _DUMPS(storable_json(value))
+    if (_UNSTORABLE_IN_JSON.search(text) is None
+            and text.count("{") + text.count("[") <= MAX_DEPTH):  # depth <= number of openers
+        return text
+    return _DUMPS(storable_json(value))
 
 
 def storable_envelope(envelope: Envelope) -> Envelope:
