@@ -56,6 +56,7 @@ class Dispatcher:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), cfg.idle_poll_seconds)
                 continue
+            wake.set()  # there may be more: let one more idle worker look (see WakeOne)
             self.gw.inflight += 1
             try:
                 await self.run_claimed(claim)

@@ -1,0 +1,93 @@
+"""A notification wakes one idle dispatch worker, not all of them.
+
+Before, every NOTIFY woke every idle worker and all but one ran a claim that found
+nothing (N statements per message with N workers, per instance). The count of claim
+statements is exact (asyncpg's query logger), so this needs no timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.context import WakeOne
+from gateway.testing import running_gateway, test_config
+
+from .test_pipeline import echo, responder_plugin
+
+
+async def test_set_wakes_exactly_one_waiter() -> None:
+    wake = WakeOne()
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await wake.wait()
+        woken.append(i)
+
+    tasks = [asyncio.create_task(waiter(i)) for i in range(4)]
+    await asyncio.sleep(0)
+    wake.set()
+    await asyncio.sleep(0.01)
+    assert woken == [0]
+    wake.set()
+    wake.set()
+    await asyncio.sleep(0.01)
+    assert woken == [0, 1, 2]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_set_with_nobody_waiting_is_kept_for_the_next_wait_once() -> None:
+    wake = WakeOne()
+    wake.set()
+    assert wake.is_set()
+    await asyncio.wait_for(wake.wait(), 1)  # returns at once, and consumes it
+    assert not wake.is_set()
+    wake.set()
+    wake.clear()  # a worker about to claim takes it back
+    try:
+        await asyncio.wait_for(wake.wait(), 0.05)
+        raise AssertionError("a cleared wake-up still woke the waiter")
+    except TimeoutError:
+        pass
+
+
+async def test_a_waiter_that_timed_out_does_not_swallow_the_wakeup() -> None:
+    wake = WakeOne()
+    try:
+        await asyncio.wait_for(wake.wait(), 0.01)
+    except TimeoutError:
+        pass
+    got = asyncio.create_task(wake.wait())
+    await asyncio.sleep(0)
+    wake.set()
+    await asyncio.wait_for(got, 1)
+
+
+async def test_idle_workers_do_not_all_claim_on_each_message(soulgate_database_url: str) -> None:
+    config = test_config({"workers": {"dispatch": 8, "idle_poll_seconds": 30.0}})
+    async with running_gateway(soulgate_database_url, config=config,
+                               plugins=[("echo", responder_plugin(echo))]) as h:
+        await h.ask("warm up")
+        await h.idle()
+        claims = 0
+
+        def count(record: Any) -> None:
+            nonlocal claims
+            if "FOR UPDATE OF i SKIP LOCKED" in record.query:
+                claims += 1
+
+        pool = h.gateway.store.db.pool
+        held = [await pool.acquire() for _ in range(pool.get_max_size())]
+        for conn in held:
+            conn.add_query_logger(count)
+        for conn in held:
+            await pool.release(conn)
+        claims = 0
+        messages = 10
+        for i in range(messages):
+            assert await h.ask(f"m{i}") == f"m{i}".join(["echo: ", ""])
+        # per message: the claim that gets the row, one by the worker it woke and one by the
+        # worker when its turn is done (both find nothing); 8 workers all claiming: 90
+        assert claims <= messages * 3, claims
