@@ -97,8 +97,31 @@ class AdapterContext(Protocol):
     def leadership(self, name: str) -> AbstractAsyncContextManager[None]:
         """Hold cluster-wide leadership of ``name`` (e.g. a poller) until the block exits.
 
-        Waits until this instance is the leader. Used so only one instance polls
-        a Telegram bot or an IMAP mailbox.
+        Waits until this instance is the leader. If the database connection that
+        holds the lock dies, the block is cancelled (another instance may lead
+        now). Most pollers want :meth:`run_as_leader`, which handles that.
+        """
+        ...
+
+    async def run_as_leader(
+        self, name: str, body: Callable[[], Awaitable[None]], *,
+        on_error: Callable[[Exception], None] | None = None,
+        backoff: float = 2.0, max_backoff: float = 30.0,
+    ) -> None:
+        """Run ``body()`` whenever this instance holds cluster-wide leadership of ``name``.
+
+        The loop every poller needs (one instance polls a Telegram bot or an
+        IMAP mailbox; the others stand by): wait to become the leader, run
+        ``body()``; when the lock is lost (its database connection died), ``body``
+        is cancelled and the instance waits to lead again; when ``body`` raises,
+        ``on_error(exc)`` is called (default: the error is logged; give your own to
+        record it or to keep secrets out of the log) and it starts over after a
+        backoff (``backoff`` seconds, doubling up to ``max_backoff``, with jitter).
+
+        Returns when ``body`` returns (leadership is released: another instance may
+        take over) or when the gateway stops. Run it in a task of its own and
+        cancel that task to stop: ``body`` is cancelled and leadership released.
+        Raises ``ValueError`` for an empty name or ``backoff`` not in (0, max_backoff].
         """
         ...
 

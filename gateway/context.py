@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Iterable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +124,53 @@ class AdapterContextImpl:
 
     def leadership(self, name: str) -> AbstractAsyncContextManager[None]:
         return leadership(self._gw.store.db, f"soulgate:{name}")
+
+    async def run_as_leader(
+        self, name: str, body: Callable[[], Awaitable[None]], *,
+        on_error: Callable[[Exception], None] | None = None,
+        backoff: float = 2.0, max_backoff: float = 30.0,
+    ) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("run_as_leader needs a non-empty leadership name")
+        if not 0 < backoff <= max_backoff:
+            raise ValueError(f"need 0 < backoff <= max_backoff, got {backoff} and {max_backoff}")
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        delay = 0.0
+        while not self._gw.stopping.is_set():
+            # The lock's watcher cancels the task that entered leadership() when the lock's
+            # connection dies. A task of its own per term keeps that cancel apart from ours
+            # (stop): only our own cancel shows in ``me.cancelling()``.
+            term = asyncio.create_task(self._lead(name, body), name=f"leader:{name}")
+            began = loop.time()
+            try:
+                await term
+                return  # the body is done; leaving leadership() released the lock
+            except asyncio.CancelledError:
+                if me is None or me.cancelling():
+                    raise  # we are being stopped (cancelling us cancelled the term too)
+                self.log.warning("lost leadership of %s (its database connection died); "
+                                 "waiting to regain it", name)
+            except Exception as exc:
+                self._leader_failed(name, exc, on_error)
+            if loop.time() - began >= max_backoff:
+                delay = 0.0  # it ran well for a while: this is a fresh failure, not a streak
+            delay = backoff if delay == 0 else min(max_backoff, delay * 2)
+            with suppress(TimeoutError):  # instances do not retry in lockstep
+                await asyncio.wait_for(self._gw.stopping.wait(), delay * random.uniform(0.8, 1.2))
+
+    async def _lead(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
+        async with self.leadership(name):
+            await body()
+
+    def _leader_failed(self, name: str, exc: Exception, on_error: Callable[[Exception], None] | None) -> None:
+        if on_error is None:
+            self.log.error("leader %s failed (%s: %s); restarting", name, type(exc).__name__, exc)
+            return
+        try:
+            on_error(exc)
+        except Exception:
+            self.log.exception("the error handler of leader %s failed", name)
 
     async def get_state(self, key: str) -> Any:
         return await self._gw.store.state.get(self._key(key))

@@ -7,7 +7,7 @@ last UID)`` in adapter state) moves past it. A crash anywhere in between means
 the message is fetched again, and the inbox's natural keys (IMAP identity and
 ``mid:<Message-ID>``) make the repeat a no-op.
 
-One instance watches a mailbox at a time (``ctx.leadership("email:<account>")``);
+One instance watches a mailbox at a time (``ctx.run_as_leader("email:<account>")``);
 the others wait to take over. After every (re)connect the mailbox is polled
 once, then the watcher IDLEs (if the server can), re-issuing IDLE and polling
 again every ``min(idle_renew_seconds, poll_interval_seconds)``; without IDLE
@@ -93,26 +93,19 @@ class MailboxWatcher:
     # -- leadership and reconnects -----------------------------------------------------------
 
     async def _run(self) -> None:
-        while not self._stopping:
-            try:
-                async with self.ctx.leadership(f"email:{self.account}"):
-                    self.leading = True
-                    try:
-                        await self._lead()
-                    finally:
-                        self.leading = False
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if self._stopping or task is None:
-                    raise
-                # the connection holding our lock died: another instance may lead now
-                task.uncancel()
-                log.warning("email %s: lost mailbox leadership; waiting to regain it", self.account)
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("email %s: watcher failed (%s); restarting", self.account, self.last_error)
-            if not self._stopping:
-                await asyncio.sleep(random.uniform(1.0, 3.0))
+        await self.ctx.run_as_leader(f"email:{self.account}", self._lead_flagged,
+                                     on_error=self._failed, backoff=1.0, max_backoff=30.0)
+
+    async def _lead_flagged(self) -> None:
+        self.leading = True
+        try:
+            await self._lead()
+        finally:
+            self.leading = False
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("email %s: watcher failed (%s); restarting", self.account, self.last_error)
 
     async def _lead(self) -> None:
         backoff = _Backoff()

@@ -8,7 +8,7 @@ what confirms them to Telegram. A crash anywhere before that call means
 Telegram sends the same updates again, and the inbox's natural keys
 (``update:<id>``, ``msg:<chat>:<message>``) turn the repeat into a no-op.
 
-One instance polls a bot at a time (cluster-wide leadership keyed by the bot
+One instance polls a bot at a time (``ctx.run_as_leader`` keyed by the bot
 id); the others wait to take over. A 409 Conflict means someone else polls
 the same token (another deployment, a developer's laptop): we back off and try
 again rather than crash or hammer Telegram.
@@ -94,30 +94,24 @@ class Poller:
             await task
 
     async def _run(self) -> None:
-        backoff = _Backoff(first=2.0, cap=30.0)
-        while not self._stopping:
-            try:
-                async with self.ctx.leadership(f"telegram:{self.bot_id}"):
-                    self.leading = True
-                    try:
-                        await self._lead()
-                    finally:
-                        self.leading = False
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if self._stopping or task is None:
-                    raise
-                # The connection holding our lock died: another instance may lead now.
-                task.uncancel()
-                log.warning("telegram bot %s: lost poller leadership; waiting to regain it", self.bot_id)
-            except TelegramAPIError as exc:  # getMe/deleteWebhook before polling: Telegram unreachable
-                self.last_error = self.scrub(f"{type(exc).__name__}: {exc.message}")
-                log.warning("telegram bot %s: cannot start polling (%s); retrying", self.bot_id, self.last_error)
-            except Exception as exc:
-                self.last_error = self.scrub(f"{type(exc).__name__}: {exc}")
-                log.error("telegram bot %s: poller failed (%s); restarting", self.bot_id, self.last_error)
-            if not self._stopping:
-                await asyncio.sleep(backoff.next())
+        await self.ctx.run_as_leader(f"telegram:{self.bot_id}", self._lead_flagged,
+                                     on_error=self._failed, backoff=2.0, max_backoff=30.0)
+
+    async def _lead_flagged(self) -> None:
+        self.leading = True
+        try:
+            await self._lead()
+        finally:
+            self.leading = False
+
+    def _failed(self, exc: Exception) -> None:
+        # Our own log lines, scrubbed: an error text may quote a Bot API URL, which holds the token.
+        if isinstance(exc, TelegramAPIError):  # getMe/deleteWebhook before polling: Telegram unreachable
+            self.last_error = self.scrub(f"{type(exc).__name__}: {exc.message}")
+            log.warning("telegram bot %s: cannot start polling (%s); retrying", self.bot_id, self.last_error)
+        else:
+            self.last_error = self.scrub(f"{type(exc).__name__}: {exc}")
+            log.error("telegram bot %s: poller failed (%s); restarting", self.bot_id, self.last_error)
 
     async def _lead(self) -> None:
         await self.prepare()  # getMe, and drop a webhook left from webhook mode
