@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from storage import OutboxItem, connection_trouble
 
+from .adapter import Adapter, RateLimit, SendResult
 from .errors import OutcomeUnknown, PermanentDeliveryError, RetryAfter
+from .pacing import Pacer
 from .persist import persist
 
 if TYPE_CHECKING:
@@ -21,13 +23,26 @@ if TYPE_CHECKING:
 __all__ = ["Deliverer"]
 
 log = logging.getLogger("soulgate.delivery")
-#: a rate-limit wait longer than this gives the row back instead of holding a worker
-MAX_INLINE_WAIT = 5.0
+#: a rate-limit wait longer than this books nothing and gives the row back instead of holding
+#: a worker (short: a shared bucket may keep up to ``Pacer.cap`` workers waiting this long)
+MAX_INLINE_WAIT = 0.25
+#: a row given back for its rate limit is due this long before its buckets conform, so the
+#: worker that claims it again books the slot with a short inline wait and sends on time
+GIVE_BACK_LEAD = 0.15
+#: a send that left later than its slot by more than this moves its buckets (``settle``)
+LATE = 0.01
+#: a send that wakes more than this many intervals of a bucket after its slot books that bucket
+#: again (its slot is gone; two intervals: a limit with ~5% margin absorbs two sends bunched)
+REBOOK_AFTER = 2.0
+#: bookings of one send when the loop keeps waking too late for the slot
+_REBOOKINGS = 3
 
 
 class Deliverer:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        # at most half the workers (and at least two) wait on one shared bucket at a time
+        self.pacer = Pacer(cap=max(2, gateway.config.workers.delivery // 2))
 
     async def worker(self, name: str) -> None:
         wake = self.gw.wakeups.outbox
@@ -35,18 +50,21 @@ class Deliverer:
         lease = self.gw.config.workers.lease_seconds
         while not self.gw.stopping.is_set():
             wake.clear()
+            skip = self.pacer.skipped()
             try:
-                item = await self.gw.store.outbox.claim(lease, self.gw.delivery_channels())
+                item = await self.gw.store.outbox.claim(lease, self.gw.delivery_channels(), skip)
             except Exception as exc:
                 self.gw.note_db_trouble(exc)
                 await asyncio.sleep(min(idle, 1.0))
                 continue
             if item is None:
                 try:
-                    due = await self.gw.store.outbox.next_due_in()
+                    due = await self.gw.store.outbox.next_due_in(skip)
                 except Exception:
                     due = None
-                timeout = idle if due is None else max(0.01, min(idle, due))
+                reopens = self.pacer.reopens_in()
+                timeout = min(t for t in (idle, due, reopens) if t is not None)
+                timeout = max(0.01, timeout)
                 with suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout)
                 continue
@@ -100,23 +118,83 @@ class Deliverer:
             await self._bury(item, "a send was interrupted; not repeated (never_twice)", "unknown")
             return
         limits = adapter.rate_limits(item.address)
+        route = (channel, item.address.account)
+        # held while booking and waiting for the slot, not while sending: the next send on a
+        # shared bucket is booked meanwhile, so the bucket's slots are not missed
+        with self.pacer.holding([r.key for r in limits], route, item.destination):
+            slot = await self._book(item, limits, route)
+        if slot is None:
+            return  # given back until its buckets conform
+        await self._send(item, adapter, limits, slot)
+
+    async def _book(self, item: OutboxItem, limits: list[RateLimit], route: tuple[str, str]) -> float | None:
+        """Book the send on its buckets and sleep until its slot; returns the (first) slot in
+        loop time, or None after giving the row back (too far off, or the database failed).
+
+        A worker waits inline only up to ``MAX_INLINE_WAIT``: a longer wait books nothing
+        and the row goes back, due shortly before its buckets conform, so a queue behind one
+        slow bucket holds no worker. Waking later than the slot by more than ``REBOOK_AFTER``
+        of a bucket's intervals (a stalled loop), the sends booked after ours may already have
+        left: the send then books that bucket afresh rather than go out bunched with them.
+        """
+        if not limits:
+            return asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        keys = [r.key for r in limits]
+        known = self.pacer.blocked_for(keys, route, item.destination)
+        if known is not None:  # another row just learned this bucket is booked far ahead
+            await self._give_back(item, known + MAX_INLINE_WAIT, "waiting for rate limit")
+            return None
+        wanted, first = limits, None
+        for _ in range(_REBOOKINGS):
+            try:
+                res = await self.gw.store.rates.try_reserve(
+                    [(r.key, r.interval, r.burst) for r in wanted], MAX_INLINE_WAIT)
+            except Exception as exc:  # nothing was sent: give the row back, never leave it 'sending'
+                log.warning("rate-limit booking for outbox row %s failed: %s", item.id, exc)
+                if connection_trouble(exc):
+                    self.gw.note_db_trouble(exc)
+                await self._give_back(item, 0.5, f"database trouble before sending: {exc}")
+                return None
+            if not res.granted:
+                self.pacer.refused(res.blocking, route, item.destination, res.wait - MAX_INLINE_WAIT)
+                await self._give_back(item, res.wait, "waiting for rate limit")
+                return None
+            slot = loop.time() + res.wait
+            first = slot if first is None else first
+            if res.wait > 0:
+                await asyncio.sleep(res.wait)
+            late = loop.time() - slot
+            wanted = [r for r in limits if late > REBOOK_AFTER * r.interval]
+            if not wanted:
+                return first
+        await self._give_back(item, 0.0, "the event loop kept missing the rate-limit slot")
+        return None
+
+    async def _give_back(self, item: OutboxItem, conforms_in: float, why: str) -> None:
+        """Back to pending without counting an attempt, due a little before it conforms."""
+        delay = max(0.0, conforms_in - GIVE_BACK_LEAD)
+        await self._record(lambda: self.gw.store.outbox.retry_later(item, delay, why, count=False))
+
+    async def _post(self, item: OutboxItem, adapter: Adapter, limits: list[RateLimit], slot: float) -> SendResult:
+        """``adapter.send``; when it left later than its slot, the buckets are then settled —
+        before the outcome is recorded, which is what lets the destination's next row go."""
+        loop = asyncio.get_running_loop()
+        left = loop.time()
         try:
-            wait = await self.gw.store.rates.reserve([(r.key, r.interval, r.burst) for r in limits])
-        except Exception as exc:
-            if not connection_trouble(exc):
-                raise
-            # Nothing was sent: give the row back rather than leave it to look "maybe sent".
-            trouble = f"database trouble before sending: {exc}"
-            await self._record(lambda: self.gw.store.outbox.retry_later(item, 0.5, trouble, count=False))
-            return
-        if wait > MAX_INLINE_WAIT:
-            await self.gw.store.outbox.retry_later(item, wait, "waiting for rate limit", count=False)
-            return
-        if wait > 0:
-            await asyncio.sleep(wait)
+            return await adapter.send(item.address, item.reply)
+        finally:
+            if limits and left - slot > LATE:
+                try:
+                    await self.gw.store.rates.settle([(r.key, r.interval) for r in limits], loop.time() - left)
+                except Exception as exc:  # the send is done; a lost settle costs at most a 429
+                    log.warning("could not settle rate buckets %s: %s", [r.key for r in limits], exc)
+
+    async def _send(self, item: OutboxItem, adapter: Adapter, limits: list[RateLimit], slot: float) -> None:
+        channel = item.address.channel
         max_attempts = adapter.max_attempts or self.gw.config.delivery.max_attempts
         try:
-            result = await adapter.send(item.address, item.reply)
+            result = await self._post(item, adapter, limits, slot)
         except RetryAfter as exc:
             self.gw.metrics.delivery_failures.labels(channel, "rate_limited").inc()
             seconds, why = exc.seconds, str(exc)

@@ -47,6 +47,13 @@ class OutboxItem:
     reply: Reply
     expires_at: datetime
     was_sending: bool
+    destination: str = ""  # the ordering unit (rows of one destination go one at a time)
+
+
+def _pairs(skip: list[tuple[str, str]] | None) -> tuple[list[str], list[str]]:
+    """``[(channel, account), ...]`` as the two arrays the queries unnest."""
+    pairs = skip or []
+    return [c for c, _ in pairs], [a for _, a in pairs]
 
 
 class OutboxRepo:
@@ -80,8 +87,14 @@ class OutboxRepo:
         async with self.db.transaction() as conn:
             return await self.insert(conn, None, chunks, ttl_seconds)
 
-    async def claim(self, lease_seconds: float, channels: list[str] | None = None) -> OutboxItem | None:
+    async def claim(
+        self, lease_seconds: float, channels: list[str] | None = None,
+        skip: list[tuple[str, str]] | None = None,
+    ) -> OutboxItem | None:
+        """The next due row, oldest due first; ``skip``: ``(channel, account)`` pairs whose rows
+        are left alone (their shared rate bucket is full for now)."""
         token = uuid.uuid4()
+        skip_channels, skip_accounts = _pairs(skip)
         async with self.db.pool.acquire() as conn:
             row = await conn.fetchrow(
                 """
@@ -91,6 +104,8 @@ class OutboxRepo:
                       AND ((o.status = 'pending' AND o.next_attempt_at <= clock_timestamp())
                            OR (o.status = 'sending' AND o.lease_until < clock_timestamp()))
                       AND ($3::text[] IS NULL OR o.channel = ANY($3::text[]))
+                      AND NOT EXISTS (SELECT 1 FROM unnest($4::text[], $5::text[]) s(ch, acc)
+                                      WHERE s.ch = o.channel AND s.acc = o.account)
                       AND NOT EXISTS (
                           SELECT 1 FROM outbox p
                           WHERE p.destination = o.destination
@@ -104,9 +119,9 @@ class OutboxRepo:
                        lease_until = clock_timestamp() + make_interval(secs => $2)
                 FROM c WHERE outbox.id = c.id
                 RETURNING outbox.id, outbox.inbox_id, outbox.seq, outbox.attempts,
-                          outbox.address, outbox.body, outbox.expires_at, c.prev
+                          outbox.address, outbox.body, outbox.expires_at, c.prev, outbox.destination
                 """,
-                token, lease_seconds, channels,
+                token, lease_seconds, channels, skip_channels, skip_accounts,
             )
         if row is None:
             return None
@@ -120,10 +135,12 @@ class OutboxRepo:
             reply=Reply.from_json(row["body"]),
             expires_at=row["expires_at"],
             was_sending=row["prev"] == "sending",
+            destination=row["destination"],
         )
 
-    async def next_due_in(self) -> float | None:
-        """Seconds until the earliest claimable pending row is due (None: none).
+    async def next_due_in(self, skip: list[tuple[str, str]] | None = None) -> float | None:
+        """Seconds until the earliest claimable pending row is due (None: none); rows of
+        the ``(channel, account)`` pairs in ``skip`` do not count (see ``claim``).
 
         Rows queued behind a live earlier row of their destination do not count:
         the worker that finishes the earlier row claims them next, so waking up
@@ -137,6 +154,9 @@ class OutboxRepo:
                 " FROM outbox o WHERE o.status = 'pending' AND NOT EXISTS ("
                 " SELECT 1 FROM outbox p WHERE p.destination = o.destination"
                 " AND p.status IN ('pending', 'sending') AND p.id < o.id)"
+                " AND NOT EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[]) s(ch, acc)"
+                " WHERE s.ch = o.channel AND s.acc = o.account)",
+                *_pairs(skip),
             )
         return None if due is None else max(0.0, float(due))
 

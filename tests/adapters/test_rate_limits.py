@@ -98,7 +98,7 @@ def test_telegram_distinct_chats_share_the_bot_limit(pattern: str) -> None:
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_slack_one_channel(pattern: str) -> None:
     cfg = SlackConfig(bot_token=SecretStr("xoxb-1"), signing_secret=SecretStr("s"))
-    limits = SlackOutbound(cfg, client=None).rate_limits(  # type: ignore[arg-type]
+    limits = SlackOutbound(cfg, api=None).rate_limits(  # type: ignore[arg-type]
         ReplyAddress("slack", "main", {"team": "T1", "channel": "C1"}))
     times = slots(limits, 100)
     arrived = sorted(arrivals(times, pattern))
