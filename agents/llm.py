@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import importlib.util
+import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -62,6 +64,15 @@ _REASON_TEXT = {
     "error": "failed",
 }
 DEFAULT_TIMEOUT = 60.0
+#: litellm's switch that sends OpenAI-shaped chat completions without the OpenAI SDK
+FAST_PATH_ENV = "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER"
+#: providers litellm 1.106 sends through its OpenAI chat path (the one the switch changes). The
+#: SDK refused to start without a key there; litellm's own handler would send the request
+#: without one, so a missing key is caught before the Router is built (see _missing_key).
+_OPENAI_PATH_PROVIDERS = frozenset({
+    "openai", "custom_openai", "deepinfra", "perplexity", "nvidia_nim", "cerebras", "baseten",
+    "sambanova", "volcengine", "anyscale", "nebius", "wandb", "clarifai",
+})
 _MISSING_KEY = re.compile(r"missing (\w+ )?(credentials|api[ _-]?key)|api_key client option must be set", re.I)
 
 # -- the lazy, offline import ---------------------------------------------------------------
@@ -79,6 +90,11 @@ def _import_litellm() -> ModuleType:
     for var in ("LITELLM_LOCAL_MODEL_COST_MAP", "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS",
                 "LITELLM_LOCAL_BLOG_POSTS", "LITELLM_LOCAL_POLICY_TEMPLATES"):
         os.environ.setdefault(var, "True")
+    # OpenAI and the OpenAI-compatible providers go through litellm's own HTTP handler instead
+    # of the OpenAI SDK: the SDK re-walks every message against its typed-dict schema on each
+    # call, about half of litellm's CPU per completion. litellm reads this switch per call;
+    # setdefault, so an operator can set it to "false" to go back to the SDK.
+    os.environ.setdefault(FAST_PATH_ENV, "true")
     import litellm
 
     global _PRICED
@@ -86,7 +102,10 @@ def _import_litellm() -> ModuleType:
     # No callback or telemetry may send data anywhere the operator did not configure.
     litellm.telemetry = False
     litellm.suppress_debug_info = True
-    litellm.turn_off_message_logging = True
+    # Message redaction only changes what litellm hands to logging callbacks, and we register
+    # none (the lists are emptied below; only the Router's in-process usage counters remain).
+    # Left on, it deep-copies the whole logging payload on every call for nobody: ~2 ms CPU.
+    litellm.turn_off_message_logging = False
     for name in ("callbacks", "success_callback", "failure_callback", "input_callback",
                  "_async_success_callback", "_async_failure_callback"):
         if isinstance(getattr(litellm, name, None), list):
@@ -120,7 +139,10 @@ def preload_litellm() -> concurrent.futures.Future[ModuleType]:
 
 async def load_litellm() -> ModuleType:
     """litellm, imported off the event loop."""
-    return await asyncio.wrap_future(preload_litellm())
+    future = preload_litellm()
+    if future.done():  # every call after the first: no thread hop
+        return future.result()
+    return await asyncio.wrap_future(future)
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -219,6 +241,8 @@ def classify_error(exc: BaseException, litellm: ModuleType | None = None) -> str
             return "connection_error"
         if isinstance(exc, lit.NotFoundError):
             return "not_found"
+    if _dropped_connection(exc):
+        return "connection_error"  # litellm wraps a refused or dropped connection in a "500"
     if status == 429:
         return "rate_limited"
     if status in (401, 403):
@@ -236,8 +260,55 @@ def classify_error(exc: BaseException, litellm: ModuleType | None = None) -> str
     return "error"
 
 
+def _missing_key(litellm: ModuleType, params: Mapping[str, Any]) -> str | None:
+    """Why a deployment on litellm's OpenAI chat path has no API key anywhere, or None.
+
+    The OpenAI SDK refused to send such a request ("api_key client option must be set");
+    litellm's own handler (the fast path) sends it without a key, which the provider answers
+    with a 401 that would stop the chain. Caught here instead, the model counts as "not
+    configured" as before and the chain moves on. Resolved the way litellm resolves the key.
+    """
+    if params.get("api_key") or os.environ.get(FAST_PATH_ENV, "").lower() != "true":
+        return None
+    try:
+        _, provider, key, _ = litellm.get_llm_provider(model=params["model"], api_base=params.get("api_base"))
+    except Exception:
+        return None  # an unknown provider: the Router reports it
+    if provider not in _OPENAI_PATH_PROVIDERS or key:
+        return None
+    if litellm.api_key or getattr(litellm, "openai_key", None) or os.environ.get("OPENAI_API_KEY"):
+        return None
+    return f"missing credentials: no api_key configured for {params['model']} and none in the environment"
+
+
+def _dropped_connection(exc: BaseException) -> bool:
+    """Whether a refused, reset or dropped connection lies under ``exc`` (its cause chain)."""
+    httpx = sys.modules.get("httpx")  # imported by litellm; never imported here for this
+    network = (httpx.NetworkError, httpx.RemoteProtocolError) if httpx is not None else ()
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (ConnectionError, *network)):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    full = str(exc).strip()
+    # litellm's own HTTP handler passes the provider's JSON error body (often pretty-printed
+    # over several lines) through as the message: keep only the body's own message
+    head, sep, body = full.partition("OpenAIException - ")
+    if sep and body.startswith("{"):
+        try:
+            error = json.JSONDecoder().raw_decode(body)[0].get("error")
+            message = error.get("message") if isinstance(error, dict) else error
+        except (ValueError, AttributeError):
+            message = None
+        if isinstance(message, str) and message.strip():
+            full = head + sep + message.strip()
+    text = full.splitlines()[0] if full else type(exc).__name__
     for prefix in ("litellm.", "OpenAIException - "):
         if text.startswith(prefix):
             text = text[len(prefix):]
@@ -307,14 +378,22 @@ class LLM:
                         return litellm.Router(model_list=deployments, num_retries=0, disable_cooldowns=True)
 
                     def build() -> Any:
+                        usable = []
+                        for deployment in model_list:
+                            missing = _missing_key(litellm, deployment["litellm_params"])
+                            if missing is None:
+                                usable.append(deployment)
+                            else:
+                                self.broken[deployment["model_name"]] = missing
+                                log.error("model %s cannot be used: %s", deployment["model_name"], missing)
                         try:
-                            return make(model_list)
+                            return make(usable)
                         except Exception:
                             pass
                         # The Router sets up every client at once, so one model with missing
                         # credentials would take all of them down: find it and leave it out.
                         good = []
-                        for deployment in model_list:
+                        for deployment in usable:
                             try:
                                 make([deployment]).discard()
                                 good.append(deployment)
@@ -388,7 +467,9 @@ class LLM:
             started = time.perf_counter()
             try:
                 # a guard above litellm's own timeout, for retries and anything that ignores it
-                resp = await asyncio.wait_for(router.acompletion(**kwargs), timeout * (retries + 1) + 15)
+                # (asyncio.timeout, unlike wait_for, runs the call without wrapping it in a task)
+                async with asyncio.timeout(timeout * (retries + 1) + 15):
+                    resp = await router.acompletion(**kwargs)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -429,10 +510,8 @@ class LLM:
         timeout, retries = self._timing(name)
         started = time.perf_counter()
         try:
-            resp = await asyncio.wait_for(
-                router.aembedding(model=name, input=texts, timeout=timeout, num_retries=retries),
-                timeout * (retries + 1) + 15,
-            )
+            async with asyncio.timeout(timeout * (retries + 1) + 15):
+                resp = await router.aembedding(model=name, input=texts, timeout=timeout, num_retries=retries)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -10,9 +10,11 @@
    platform SDKs the gateway imports only when a channel needs them.
 3. CPU per chat completion against the fake LLM (its own process, answering at
    once): ``time.process_time`` around N sequential calls, for a raw aiohttp
-   POST (the floor), ``litellm.acompletion`` as agents/llm.py configures litellm,
-   the same with litellm's message redaction off, the litellm Router, and the
-   gateway's own seam (``agents.llm.LLM.complete``).
+   POST (the floor), ``litellm.acompletion`` as agents/llm.py configures litellm
+   (OpenAI-compatible calls through litellm's own HTTP handler, no message
+   redaction), the same through the OpenAI SDK and with redaction on (what
+   agents/llm.py switches off), the litellm Router, and the gateway's own seam
+   (``agents.llm.LLM.complete``). ``--calls-only`` runs just this part.
 
 Target (issue 9): ready ≤ 2x the minimal app.
 
@@ -205,7 +207,7 @@ def messages() -> list[dict[str, Any]]:
 
 
 async def cpu_per_call(args: argparse.Namespace, api_base: str) -> list[tuple[str, float, float]]:
-    from agents.llm import LLM, load_litellm
+    from agents.llm import FAST_PATH_ENV, LLM, load_litellm
 
     litellm = await load_litellm()  # configured as the gateway configures it
     msgs = messages()
@@ -240,10 +242,19 @@ async def cpu_per_call(args: argparse.Namespace, api_base: str) -> list[tuple[st
                                   messages=msgs[-1:], timeout=30, max_retries=0)
 
     await measure("  the same, a 1-message prompt", direct_short)
-    before = getattr(litellm, "turn_off_message_logging", True)
-    litellm.turn_off_message_logging = False  # type: ignore[attr-defined]
+    switch = os.environ.get(FAST_PATH_ENV)
+    os.environ[FAST_PATH_ENV] = "false"  # litellm reads it per call
     try:
-        await measure("  the same, message redaction off", direct)
+        await measure("  the same, through the OpenAI SDK (litellm's default)", direct)
+    finally:
+        if switch is None:
+            os.environ.pop(FAST_PATH_ENV, None)
+        else:
+            os.environ[FAST_PATH_ENV] = switch
+    before = getattr(litellm, "turn_off_message_logging", False)
+    litellm.turn_off_message_logging = True  # type: ignore[attr-defined]
+    try:
+        await measure("  the same, message redaction on", direct)
     finally:
         litellm.turn_off_message_logging = before  # type: ignore[attr-defined]
 

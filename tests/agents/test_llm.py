@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -10,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from agents.llm import LLM, LLMUnavailable, load_litellm, runs_from_attempts
+from agents.llm import FAST_PATH_ENV, LLM, LLMUnavailable, load_litellm, runs_from_attempts
 from gateway.config import ModelConfig
 from storage import RUN_FIELDS
-from tests.fakes.llm import FakeLLM, Fault
+from tests.fakes.llm import FakeLLM, Fault, ToolCall, ToolCalls
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -191,3 +193,81 @@ async def test_closing_unhooks_the_router_from_litellms_global_callbacks(fake_ll
     with pytest.raises(LLMUnavailable):
         await late.router()
     assert hooked() == before
+
+
+# -- the fast path: OpenAI-shaped calls through litellm's own HTTP handler, not the OpenAI SDK ------
+
+
+def _sent_by_openai_sdk(request: Any) -> bool:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return "x-stainless-lang" in headers or headers.get("user-agent", "").startswith(("OpenAI/", "AsyncOpenAI/"))
+
+
+async def test_openai_compatible_calls_skip_the_openai_sdk(fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's per-call request transform was half of litellm's CPU per completion. If a litellm
+    upgrade drops the switch, the first assertion fails here instead of the gateway quietly slowing."""
+    llm = LLM(_models(fake_llm))
+    fake_llm.enqueue("m-primary", ToolCalls([ToolCall("clock", {"zone": "UTC"}, id="t1")], content="Looking."))
+    tools = [{"type": "function", "function": {"name": "clock", "description": "the time",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    done = await llm.complete(["primary"], MESSAGES, tools=tools, temperature=0.2, max_tokens=50)
+    [sent] = fake_llm.requests_for("m-primary")
+    assert not _sent_by_openai_sdk(sent)
+    assert sent.api_key == "sk-test" and sent.tool_names == ["clock"]
+    assert (sent.temperature, sent.max_tokens) == (0.2, 50)
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in done.tool_calls] == [("t1", "clock", {"zone": "UTC"})]
+    assert done.content == "Looking." and done.finish_reason == "tool_calls"
+    assert done.attempts[0].input_tokens and done.attempts[0].output_tokens
+
+    # the operator's way back to the SDK (litellm reads the switch per call), which proves the check above
+    monkeypatch.setenv(FAST_PATH_ENV, "false")
+    fake_llm.enqueue("m-primary", "via the SDK")
+    assert (await llm.complete(["primary"], MESSAGES)).content == "via the SDK"
+    llm.close()
+    assert _sent_by_openai_sdk(fake_llm.requests_for("m-primary")[-1])
+
+
+async def test_a_refused_connection_falls_back_as_unreachable(fake_llm: FakeLLM) -> None:
+    models = _models(fake_llm, primary={"api_base": f"http://127.0.0.1:{_closed_port()}/v1"})
+    llm = LLM(models)
+    fake_llm.enqueue("m-backup", "from backup")
+    done = await llm.complete(["primary", "backup"], MESSAGES)
+    llm.close()
+    assert [(a.model, a.reason) for a in done.attempts] == [("primary", "connection_error"), ("backup", None)]
+
+
+async def test_provider_error_bodies_are_reported_by_their_message(fake_llm: FakeLLM) -> None:
+    llm = LLM(_models(fake_llm))
+    fake_llm.fail("m-primary", Fault.bad_request("the temperature is out of range (fake)"))
+    with pytest.raises(LLMUnavailable) as info:
+        await llm.complete(["primary"], MESSAGES)
+    llm.close()
+    [attempt] = info.value.attempts
+    assert attempt.reason == "bad_request"
+    assert attempt.error is not None and "the temperature is out of range (fake)" in attempt.error
+    assert "{" not in attempt.error  # the message, not the provider's JSON
+
+
+@pytest.mark.parametrize("model", ["deepinfra/meta-llama/Llama-3-8b", "gpt-4o-mini"])
+async def test_a_keyless_model_on_the_fast_path_sends_nothing_and_the_chain_moves_on(
+    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
+    """Without the SDK nothing refuses a request without a key: it is caught before the Router is built."""
+    for var in ("OPENAI_API_KEY", "DEEPINFRA_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    models = _models(fake_llm)
+    models["nokey"] = ModelConfig(model=model)
+    llm = LLM(models)
+    fake_llm.enqueue("m-backup", "still here")
+    done = await llm.complete(["nokey", "backup"], MESSAGES)
+    llm.close()
+    assert done.content == "still here"
+    assert [(a.model, a.reason) for a in done.attempts] == [("nokey", "not_configured"), ("backup", None)]
+    assert "credentials" in (done.attempts[0].error or "")
+    assert llm.knows("backup") and not llm.knows("nokey")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
