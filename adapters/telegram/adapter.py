@@ -106,6 +106,12 @@ class TelegramAdapter(Adapter):
         self._closed = True
         await self.bot.session.close()
 
+    async def close(self) -> None:
+        # A --role worker gateway sends through this adapter but never stops it: close here too.
+        # (aiogram's AiohttpSession opens one ClientSession lazily and reuses it for every call.)
+        self._closed = True
+        await self.bot.session.close()
+
     async def identity(self) -> BotIdentity:
         """The bot's id and username (getMe, once)."""
         if self._me is None:
