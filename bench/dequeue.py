@@ -1,9 +1,11 @@
 """Dequeue benchmark: the gateway's inbox claim + turn commit vs a bare SKIP LOCKED delete loop.
 
 N pending inbox rows (real envelopes, spread over ``--conversations``
-conversations) are drained by W workers that each loop: ``InboxRepo.claim``
-(the FIFO-per-conversation claim with lease and token), then ``commit_turn``
-(the turn's transaction: inbox done, conversation touched; no agent, no reply).
+conversations) are drained by W workers that each do what a dispatch worker does:
+``InboxRepo.claim`` (the FIFO-per-conversation claim with lease and token) when it
+holds no row, then ``commit_turn`` (the turn's single statement: inbox done,
+conversation touched; no agent, no reply), which also claims the worker's next
+row, so a busy worker sends one statement per message.
 A second gateway row also commits what a real turn writes (one reply chunk in
 the outbox and two history messages).
 
@@ -32,6 +34,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +55,7 @@ from bench._common import (
 )
 from gateway import Reply
 from gateway.testing import make_envelope
-from storage import Database, PendingChunk, Store, TurnRecord, commit_turn
+from storage import ClaimedTurn, Database, PendingChunk, Store, TurnRecord, commit_turn
 
 TEMPLATE = make_envelope(
     "Could you summarise yesterday's meeting notes and list the open action items, please?",
@@ -123,12 +126,13 @@ class Run:
         return self.messages / self.seconds
 
 
-async def drain(workers: int, total: int, step: Step) -> tuple[float, float]:
-    """Run ``workers`` loops of ``step`` until ``total`` messages are done; (seconds, CPU seconds)."""
+async def drain(workers: int, total: int, make_step: Callable[[], Step]) -> tuple[float, float]:
+    """Run ``workers`` loops, each of its own step, until ``total`` messages are done; (seconds, CPU seconds)."""
     done = 0
 
     async def loop() -> None:
         nonlocal done
+        step = make_step()
         while done < total:
             if await step():
                 done += 1
@@ -146,11 +150,17 @@ class Step:
 
 
 class GatewayStep(Step):
+    """One dispatch worker's storage calls, as gateway/dispatch.py makes them: a claim when
+    it holds no row, then each commit also claims the worker's next row (one statement)."""
+
     def __init__(self, store: Store, full: bool) -> None:
         self.store, self.full = store, full
+        self.next: ClaimedTurn | None = None
 
     async def __call__(self) -> bool:
-        claim = await self.store.inbox.claim("bench", 60.0)
+        claim, self.next = self.next, None
+        if claim is None:
+            claim = await self.store.inbox.claim("bench", 60.0)
         if claim is None:
             return False
         record = TurnRecord()
@@ -160,7 +170,8 @@ class GatewayStep(Step):
                                               reply=Reply(text="Here is the summary.", in_reply_to=env.id)))
             record.history += [("user", env.text, {"sender": env.sender.id}),
                                ("assistant", "Here is the summary.", {})]
-        await commit_turn(self.store.db, claim, record, ttl_seconds=86_400)
+        self.next = await commit_turn(self.store.db, claim, record, ttl_seconds=86_400,
+                                      claim_next=("bench", 60.0))
         return True
 
 
@@ -179,7 +190,7 @@ async def run_gateway(store: Store, conn: asyncpg.Connection, args: argparse.Nam
     await conn.execute(FILL_PENDING, json.dumps(TEMPLATE), tag, args.conversations, args.messages)
     await conn.execute(FILL_PENDING_KEYS)
     await conn.execute("VACUUM ANALYZE inbox")
-    seconds, cpu = await drain(args.workers, args.messages, GatewayStep(store, full))
+    seconds, cpu = await drain(args.workers, args.messages, lambda: GatewayStep(store, full))
     name = "gateway claim + commit (reply, history)" if full else "gateway claim + commit"
     return Run(name, phase, args.messages, seconds, cpu)
 
@@ -187,7 +198,7 @@ async def run_gateway(store: Store, conn: asyncpg.Connection, args: argparse.Nam
 async def run_bare(pool: asyncpg.Pool, conn: asyncpg.Connection, args: argparse.Namespace, phase: str) -> Run:
     await conn.execute(FILL_BARE, json.dumps(TEMPLATE), args.messages)
     await conn.execute("VACUUM ANALYZE bare_queue")
-    seconds, cpu = await drain(args.workers, args.messages, BareStep(pool))
+    seconds, cpu = await drain(args.workers, args.messages, lambda: BareStep(pool))
     return Run("bare DELETE … SKIP LOCKED", phase, args.messages, seconds, cpu)
 
 

@@ -43,38 +43,53 @@ class Dispatcher:
     async def worker(self, name: str) -> None:
         cfg = self.gw.config.workers
         wake = self.gw.wakeups.inbox
-        while not self.gw.stopping.is_set():
-            wake.clear()  # before claiming, so a notify during the claim is not lost
-            try:
-                claim = await self.gw.store.inbox.claim(name, cfg.lease_seconds)
-            except Exception as exc:
-                self.gw.note_db_trouble(exc)
-                await asyncio.sleep(min(cfg.idle_poll_seconds, 1.0))
-                continue
-            self.gw.note_db_ok()
+        claim: ClaimedTurn | None = None
+        chained = False  # the last commit looked for a next row already (and found none)
+        while claim is not None or not self.gw.stopping.is_set():
             if claim is None:
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), cfg.idle_poll_seconds)
-                continue
-            wake.set()  # there may be more: let one more idle worker look (see WakeOne)
+                if not chained:
+                    wake.clear()  # before claiming, so a notify during the claim is not lost
+                    try:
+                        claim = await self.gw.store.inbox.claim(name, cfg.lease_seconds)
+                    except Exception as exc:
+                        self.gw.note_db_trouble(exc)
+                        await asyncio.sleep(min(cfg.idle_poll_seconds, 1.0))
+                        continue
+                    self.gw.note_db_ok()
+                if claim is None:
+                    chained = False
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), cfg.idle_poll_seconds)
+                    continue
+                wake.set()  # there may be more: let one more idle worker look (see WakeOne)
             self.gw.inflight += 1
             try:
-                await self.run_claimed(claim)
+                next_for = None if self.gw.stopping.is_set() else name
+                committed, claim = await self.run_claimed(claim, next_for=next_for)
+                chained = committed and next_for is not None and claim is None
             finally:
                 self.gw.inflight -= 1
 
-    async def run_claimed(self, claim: ClaimedTurn) -> None:
+    async def run_claimed(
+        self, claim: ClaimedTurn, *, next_for: str | None = None
+    ) -> tuple[bool, ClaimedTurn | None]:
+        """Run the turn and commit it; returns whether it was committed and, with ``next_for``
+        (a worker name), the next row the commit claimed for that worker (see ``commit_turn``)."""
         lease = self.gw.config.workers.lease_seconds
         renewer = asyncio.create_task(self._renew(claim, lease))
         typing = asyncio.create_task(self._typing(claim.envelope))
         started = asyncio.get_running_loop().time()
+        following: ClaimedTurn | None = None
+        committed = False
         try:
             record = await self.build_record(claim)
             # The turn has run: a database blip now must not make it run again.
-            await persist(
-                lambda: commit_turn(self.gw.store.db, claim, record, ttl_seconds=self.gw.config.delivery.ttl_seconds),
+            following = await persist(
+                lambda: commit_turn(self.gw.store.db, claim, record, ttl_seconds=self.gw.config.delivery.ttl_seconds,
+                                    claim_next=None if next_for is None else (next_for, lease)),
                 within=lease, on_trouble=self.gw.note_db_trouble,
             )
+            committed = True
             self.gw.metrics.turns.labels(record.status).inc()
         except LostClaim:
             log.warning("lease on %s was lost; another worker owns the turn", claim.inbox_id)
@@ -90,6 +105,7 @@ class Dispatcher:
             renewer.cancel()
             typing.cancel()
             self.gw.metrics.turn_seconds.observe(asyncio.get_running_loop().time() - started)
+        return committed, following
 
     async def _renew(self, claim: ClaimedTurn, lease: float) -> None:
         while True:

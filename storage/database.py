@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from .notify import Notifier
+
 __all__ = [
     "Database",
     "DatabaseUnavailable",
@@ -132,6 +134,11 @@ class Database:
         self._pool_max = pool_max
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
+        self._notifier = Notifier(lambda: self.pool.acquire())
+
+    def notify_soon(self, channel: str) -> None:
+        """Wake listeners of ``channel`` once the caller's write has committed (see storage/notify.py)."""
+        self._notifier.poke(channel)
 
     @property
     def safe_url(self) -> str:
@@ -165,6 +172,7 @@ class Database:
             ) from exc
 
     async def close(self) -> None:
+        await self._notifier.aclose()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

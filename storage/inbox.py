@@ -1,7 +1,8 @@
 """The inbox: admitted envelopes waiting for a turn.
 
-``admit`` is the only write on the acknowledgement path: two inserts and a
-NOTIFY in one statement (a function from migration 005, one round trip). ``claim`` hands the oldest claimable row to a
+``admit`` is the only write on the acknowledgement path: two inserts in one
+statement (a function from migration 005, one round trip), then a coalesced
+NOTIFY outside it (storage/notify.py says why). ``claim`` hands the oldest claimable row to a
 worker, keeping FIFO order inside a conversation (a row is claimable only when
 no earlier row of its conversation is still live) and parallelism across
 conversations (``FOR UPDATE SKIP LOCKED``). A claim carries a lease and a
@@ -44,8 +45,8 @@ class InboxRepo:
     async def admit(self, envelope: Envelope) -> tuple[str, bool]:
         """Store the envelope unless one of its natural keys is known; returns (inbox id, created).
 
-        One statement (``soulgate_admit``, migration 005): the keys, the row and the NOTIFY
-        commit together, or, for a duplicate, nothing is written.
+        One statement (``soulgate_admit``, migration 005): the keys and the row commit
+        together, or, for a duplicate, nothing is written. Workers are woken after it.
         """
         # a NUL in a message must not make it unstorable: the JSON is cleaned, and so are the
         # columns copied out of it (keys deduplicated after cleaning, which may merge two;
@@ -61,7 +62,10 @@ class InboxRepo:
             )
         if owner is None:  # a concurrent admission took its keys back under us: let the platform retry
             raise RuntimeError(f"admission of {envelope.id} found a duplicate without an owner")
-        return str(owner), str(owner) == envelope.id
+        created = str(owner) == envelope.id
+        if created:
+            self.db.notify_soon(INBOX_CHANNEL)
+        return str(owner), created
 
     async def claim(self, worker: str, lease_seconds: float) -> ClaimedTurn | None:
         token = uuid.uuid4()

@@ -38,8 +38,14 @@ class Counting:
             await pool.release(conn)
 
     def take(self) -> list[str]:
+        """The statements since the last call, without the wake-ups sent after the commit."""
         out, self.statements = self.statements, []
-        return out
+        return [q for q in out if "pg_notify" not in q]
+
+    async def wakeups(self) -> int:
+        await asyncio.sleep(0.1)  # they are sent by a task of their own, after the write
+        out, self.statements = self.statements, []
+        return sum("pg_notify" in q for q in out)
 
 
 @pytest_asyncio.fixture
@@ -62,9 +68,20 @@ async def test_admission_is_one_statement_new_or_duplicate(store: Store) -> None
     env = make_envelope("hello", external_id="e-1")
     assert await store.inbox.admit(env) == (env.id, True)
     assert len(counter.take()) == 1
+    assert await counter.wakeups() == 1
     again = make_envelope("hello", external_id="e-1")
     assert await store.inbox.admit(again) == (env.id, False)
     assert len(counter.take()) == 1
+    assert await counter.wakeups() == 0  # a duplicate wakes nobody
+
+
+async def test_a_burst_of_admissions_shares_a_few_wakeups(store: Store) -> None:
+    counter = Counting(store)
+    await counter.attach()
+    results = await asyncio.gather(*(store.inbox.admit(make_envelope(f"m{i}")) for i in range(40)))
+    assert all(created for _, created in results)
+    assert len(counter.take()) == 40
+    assert 1 <= await counter.wakeups() < 40  # coalesced: one NOTIFY in flight at a time
 
 
 async def test_partial_key_conflict_writes_nothing_and_names_the_owner(store: Store) -> None:
@@ -120,6 +137,7 @@ async def test_turn_commit_is_one_statement_and_keeps_order(store: Store) -> Non
     await counter.attach()
     await commit_turn(store.db, claim, _record(claim.envelope), ttl_seconds=60)
     assert len(counter.take()) == 1
+    assert await counter.wakeups() == 1  # delivery workers, after the commit
     rows = await store.db.fetch("SELECT seq, body FROM outbox ORDER BY id")
     assert [(r["seq"], r["body"]["text"]) for r in rows] == [(0, "one"), (1, "two"), (2, "three")]
     history = await store.conversations.history(env.conversation_key, 10)
@@ -155,3 +173,36 @@ async def test_unknown_run_field_is_refused_before_anything_is_written(store: St
     with pytest.raises(ValueError, match="unknown fields"):
         await commit_turn(store.db, claim, TurnRecord(runs=[{"agent": "a", "tokens": 1}]), ttl_seconds=60)
     assert (await store.inbox.get(claim.inbox_id) or {})["status"] == "claimed"
+
+
+async def test_commit_can_claim_the_next_row_in_the_same_statement_fifo_kept(store: Store) -> None:
+    a1, a2 = make_envelope("a1", conversation="A"), make_envelope("a2", conversation="A")
+    b1 = make_envelope("b1", conversation="B")
+    for env in (a1, a2, b1):
+        await store.inbox.admit(env)
+    first = await store.inbox.claim("w", 30)
+    assert first is not None and first.envelope.text == "a1"
+    # another worker may not take a2 while a1 is live (FIFO within a conversation)
+    other = await store.inbox.claim("w2", 30)
+    assert other is not None and other.envelope.text == "b1"
+    counter = Counting(store)
+    await counter.attach()
+    following = await commit_turn(store.db, first, TurnRecord(), ttl_seconds=60, claim_next=("w", 30))
+    assert len(counter.take()) == 1
+    # the row just finished counts as done: its conversation's next row is claimable at once
+    assert following is not None and following.envelope.text == "a2" and following.attempts == 1
+    assert await commit_turn(store.db, following, TurnRecord(), ttl_seconds=60, claim_next=("w", 30)) is None
+    assert (await store.inbox.get(following.inbox_id) or {})["status"] == "done"
+
+
+async def test_a_lost_lease_claims_nothing_next(store: Store) -> None:
+    await store.inbox.admit(make_envelope("x", conversation="L"))
+    await store.inbox.admit(make_envelope("y", conversation="M"))
+    first = await store.inbox.claim("w1", 0.01)
+    assert first is not None
+    await asyncio.sleep(0.05)
+    second = await store.inbox.claim("w2", 30)
+    assert second is not None and second.inbox_id == first.inbox_id
+    with pytest.raises(LostClaim):
+        await commit_turn(store.db, first, TurnRecord(), ttl_seconds=60, claim_next=("w1", 30))
+    assert await store.inbox.counts() == {"pending": 1, "claimed": 1}

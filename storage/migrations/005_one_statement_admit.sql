@@ -1,6 +1,8 @@
 -- Admission in one round trip (issue 9, ingress benchmark). Before, a webhook's
 -- admission was five statements (BEGIN, insert the keys, insert the row, NOTIFY,
 -- COMMIT); the call below is one, and runs in that statement's own transaction.
+-- The wake-up NOTIFY is sent by the caller after the commit (storage/notify.py:
+-- a NOTIFY inside the transaction serializes commits).
 --
 -- Returns the id of the inbox row that owns the event: p_id when it was stored now,
 -- the earlier row's id when one of its natural keys was already known (a duplicate;
@@ -32,7 +34,6 @@ BEGIN
     END IF;
     INSERT INTO inbox (id, channel, account, external_id, conversation_key, envelope, received_at)
         VALUES (p_id, p_channel, p_account, p_external_id, p_conversation_key, p_envelope, p_received_at);
-    PERFORM pg_notify('soulgate_inbox', '');
     RETURN p_id;
 END
 $$;
