@@ -42,7 +42,8 @@ class Deliverer:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         # at most half the workers (and at least two) wait on one shared bucket at a time
-        self.pacer = Pacer(cap=max(2, gateway.config.workers.delivery // 2))
+        self.pacer = Pacer(cap=max(2, gateway.config.workers.delivery // 2),
+                           on_reopen=gateway.wakeups.outbox.set)
 
     async def worker(self, name: str) -> None:
         wake = self.gw.wakeups.outbox

@@ -41,11 +41,15 @@ class _Bucket:
 
 
 class Pacer:
-    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cap: int, clock: Callable[[], float] = time.monotonic,
+                 on_reopen: Callable[[], None] | None = None) -> None:
         if cap < 1:
             raise ValueError("cap must be >= 1")
         self.cap = cap
         self._clock = clock
+        #: called when a full shared bucket gets room again: idle workers left its rows alone
+        #: and sleep, so one should come and book its next slot now
+        self._on_reopen = on_reopen
         self._buckets: dict[str, _Bucket] = {}
 
     def _seen(self, key: str, route: tuple[str, str], destination: str) -> _Bucket:
@@ -101,5 +105,9 @@ class Pacer:
         try:
             yield
         finally:
+            reopened = False
             for b in held:
                 b.holders -= 1
+                reopened |= b.shared and b.holders == self.cap - 1
+            if reopened and self._on_reopen is not None:
+                self._on_reopen()
