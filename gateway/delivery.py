@@ -1,4 +1,5 @@
-"""Delivery: claim outbox rows, respect shared rate limits, send, retry or dead-letter."""
+"""Delivery: claim outbox rows, book their shared rate buckets (waiting inline only briefly),
+send, settle buckets after a late send, retry or dead-letter."""
 
 from __future__ import annotations
 
