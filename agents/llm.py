@@ -281,6 +281,31 @@ def _missing_key(litellm: ModuleType, params: Mapping[str, Any]) -> str | None:
     return f"missing credentials: no api_key configured for {params['model']} and none in the environment"
 
 
+def _sdk_headers(litellm: ModuleType, params: dict[str, Any]) -> None:
+    """Add to an OpenAI deployment the organization/project headers the OpenAI SDK would send.
+
+    The SDK takes them from the client options or OPENAI_ORG_ID / OPENAI_PROJECT_ID; litellm's
+    own handler sends neither, which would bill another organization or project than the
+    operator chose. Headers the operator set in ``extra_headers`` win.
+    """
+    if os.environ.get(FAST_PATH_ENV, "").lower() != "true":
+        return
+    try:
+        provider = litellm.get_llm_provider(model=params["model"], api_base=params.get("api_base"))[1]
+    except Exception:
+        return
+    if provider != "openai":
+        return
+    org = (params.get("organization") or getattr(litellm, "organization", None)
+           or os.environ.get("OPENAI_ORGANIZATION") or os.environ.get("OPENAI_ORG_ID"))
+    project = os.environ.get("OPENAI_PROJECT_ID")
+    wanted = {k: v for k, v in (("OpenAI-Organization", org), ("OpenAI-Project", project)) if isinstance(v, str) and v}
+    if wanted:
+        given = params.get("extra_headers") or {}
+        taken = {k.lower() for k in given}
+        params["extra_headers"] = {**{k: v for k, v in wanted.items() if k.lower() not in taken}, **given}
+
+
 def _dropped_connection(exc: BaseException) -> bool:
     """Whether a refused, reset or dropped connection lies under ``exc`` (its cause chain)."""
     httpx = sys.modules.get("httpx")  # imported by litellm; never imported here for this
@@ -382,6 +407,7 @@ class LLM:
                         for deployment in model_list:
                             missing = _missing_key(litellm, deployment["litellm_params"])
                             if missing is None:
+                                _sdk_headers(litellm, deployment["litellm_params"])
                                 usable.append(deployment)
                             else:
                                 self.broken[deployment["model_name"]] = missing

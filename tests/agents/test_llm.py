@@ -271,3 +271,21 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_the_fast_path_still_names_the_openai_organization_and_project(
+    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenAI SDK sent OpenAI-Organization/OpenAI-Project; litellm's own handler does not by itself."""
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_env")
+    llm = LLM(_models(fake_llm, primary={"params": {"organization": "org-cfg"}},
+                      backup={"params": {"extra_headers": {"openai-project": "proj_cfg"}}}))
+    fake_llm.enqueue("m-primary", "a")
+    fake_llm.enqueue("m-backup", "b")
+    await llm.complete(["primary"], MESSAGES)
+    await llm.complete(["backup"], MESSAGES)
+    llm.close()
+    [primary] = [{k.lower(): v for k, v in r.headers.items()} for r in fake_llm.requests_for("m-primary")]
+    [backup] = [{k.lower(): v for k, v in r.headers.items()} for r in fake_llm.requests_for("m-backup")]
+    assert (primary["openai-organization"], primary["openai-project"]) == ("org-cfg", "proj_env")
+    assert backup["openai-project"] == "proj_cfg" and "openai-organization" not in backup  # the operator's header wins
