@@ -213,18 +213,31 @@ class AdapterSpec:
 
     The gateway builds one adapter per ``[channels.<channel>.<account>]``
     table, validating the table with ``config_model`` first.
+
+    ``config_loader`` may stand in for ``config_model``: a function returning the
+    model, called only when a table of this channel is validated. With it (and a
+    ``factory`` that imports the adapter when called), a plugin module that
+    offers a channel imports nothing heavy until someone configures the channel.
     """
 
     channel: str
     factory: Callable[[str, Any], Adapter]
     config_model: type[BaseModel] | None = None
     description: str = ""
+    config_loader: Callable[[], type[BaseModel]] | None = None
+
+    def load_config_model(self) -> type[BaseModel] | None:
+        """``config_model``, or what ``config_loader`` returns (imported on first use)."""
+        if self.config_model is None and self.config_loader is not None:
+            return self.config_loader()
+        return self.config_model
 
     def validate(self, raw_config: dict[str, Any]) -> Any:
-        """The account's table validated by ``config_model`` (raises pydantic's ValidationError)."""
-        if self.config_model is None:
+        """The account's table validated by the config model (raises pydantic's ValidationError)."""
+        model = self.load_config_model()
+        if model is None:
             return raw_config
-        return self.config_model.model_validate(raw_config)
+        return model.model_validate(raw_config)
 
     def build(self, account: str, raw_config: dict[str, Any]) -> Adapter:
         return self.factory(account, self.validate(raw_config))

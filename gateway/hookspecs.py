@@ -39,7 +39,7 @@ def soulgate_adapters() -> list[AdapterSpec]:
 
     Sync. Return a list of :class:`gateway.AdapterSpec`. The gateway builds one
     adapter per ``[channels.<channel>.<account>]`` config table, validated with
-    the spec's ``config_model``. Called once at start.
+    the spec's ``config_model`` (or ``config_loader``). Called once at start.
     """
     raise NotImplementedError
 

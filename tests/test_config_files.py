@@ -247,7 +247,7 @@ def test_channel_section_passes_check_when_the_adapter_is_installed(
     if channel not in gw.adapter_specs:
         pytest.skip(f"no plugin provides channel {channel!r} yet")
     section = channel_section(channel)
-    model = gw.adapter_specs[channel][1].config_model
+    model = gw.adapter_specs[channel][1].load_config_model()
     if model is not None:
         missing, bare = undocumented(model, section, ("channels", channel, "*"))
         assert not missing, f"[channels.{channel}.*] options missing from the example: {missing}"
