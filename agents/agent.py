@@ -18,8 +18,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import jsonschema
-
 from gateway import AuditEvent, HistoryEntry, Reply, Tool, ToolContext, Turn, TurnResult
 
 from .llm import LLM, LLMUnavailable, describe_reason, runs_from_attempts
@@ -144,6 +142,10 @@ class _TurnRun:
         else:
             problem = None if isinstance(args, dict) else "the arguments must be a JSON object"
         if problem is None:
+            # Imported on the first tool call (or preloaded by the agents plugin when a model
+            # is configured): a start need not pay for it.
+            import jsonschema
+
             try:
                 jsonschema.validate(args, tool.parameters)
             except jsonschema.ValidationError as exc:

@@ -17,10 +17,12 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = [
     "BUILTIN_PERSONA",
@@ -68,7 +70,8 @@ class MemorySettings(BaseModel):
 
 
 class _FrontMatter(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # defer_build: the validator is built on the first SOUL file parsed, not at import
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), defer_build=True)
 
     name: str | None = None
     description: str = ""
@@ -126,6 +129,8 @@ def _split_front_matter(text: str, path: Path) -> tuple[str, str, int] | SoulErr
 
 def _key_lines(yaml_text: str, first_line: int) -> dict[str, int]:
     """Line of every key (``memory.recall``) and list item (``skills[1]``) of the front matter."""
+    import yaml  # here, not at the top: a start without SOUL files never needs it
+
     lines: dict[str, int] = {}
 
     def walk(node: yaml.Node, prefix: str) -> None:
@@ -164,6 +169,8 @@ def parse_soul(text: str, path: Path, *, default_name: str, agents_md: str = "",
     data: Any = {}
     lines: dict[str, int] = {}
     if yaml_text.strip():
+        import yaml
+
         try:
             data = yaml.safe_load(yaml_text)
             lines = _key_lines(yaml_text, first)

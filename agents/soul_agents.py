@@ -9,14 +9,15 @@ reports it with file and line) while the other files are reloaded.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from gateway import AuditEvent, Reply, Responder, Services, Tool, Turn, TurnResult, hookimpl
 
-from .agent import run_turn
 from .llm import LLM, LLMUnavailable, preload_litellm
 from .memory import Memory
 from .soul import Soul, SoulError, builtin_soul, check_soul, load_soul_dir
@@ -192,8 +193,27 @@ class AgentResponder:
             text = (f"Sorry, the agent **{agent}** is not available: its SOUL file is missing or broken. "
                     "The operator can run `soulgate check` to see why.")
             return TurnResult(replies=[Reply(text=text)], audit=[AuditEvent("agent_missing", {"agent": agent})])
+        from .agent import run_turn  # imported by the first turn (or preloaded), not at start
+
         return await run_turn(soul, turn, llm=self.llm, memory=self.memory,
                               tool_timeout=self.services.config.plugins.hook_timeout)
+
+
+#: What a turn imports that a start does not need: the turn loop and jsonschema (tool
+#: arguments). Preloaded in a thread when a model is configured, like litellm, so the
+#: first turn does not import them on the event loop.
+_TURN_MODULES = ("agents.agent", "jsonschema")
+
+
+def _preload_turn_modules() -> None:
+    def run() -> None:
+        for name in _TURN_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # the first turn imports it again and reports the error
+                log.warning("could not preload %s", name, exc_info=True)
+
+    threading.Thread(target=run, name="soulgate-agents-import", daemon=True).start()
 
 
 @hookimpl
@@ -211,6 +231,7 @@ async def soulgate_startup(services: Services) -> None:
         return
     if responder.llm is not None and (services.config.models or responder.llm.extra_models):
         preload_litellm()  # in a thread, so the first turn does not wait seconds for the import
+        _preload_turn_modules()
         responder.warm()
     for problem in responder.problems:
         log.error("SOUL file problem (the file is skipped): %s", problem)

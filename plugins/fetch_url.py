@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from html.parser import HTMLParser
 from typing import Any
 
 import aiohttp
@@ -114,44 +113,11 @@ def _check_url(url: URL, allow: list[IPNetwork]) -> None:
         pass  # a name: the resolver checks what it resolves to
 
 
-class _Text(HTMLParser):
-    """HTML to readable text: script/style dropped, blocks on their own lines."""
-
-    _SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "section", "article",
-              "pre", "blockquote", "title"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skipping = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self._SKIP:
-            self._skipping += 1
-        elif tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self._SKIP and self._skipping:
-            self._skipping -= 1
-        elif tag in self._BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skipping:
-            self.parts.append(data)
-
-    def text(self) -> str:
-        lines = (" ".join(line.split()) for line in "".join(self.parts).splitlines())
-        return "\n".join(line for line in lines if line)
-
-
 def html_to_text(html: str) -> str:
-    parser = _Text()
-    parser.feed(html)
-    parser.close()
-    return parser.text()
+    """Readable text of an HTML page (script/style dropped, blocks on their own lines)."""
+    from ._html_text import html_to_text as convert  # html.parser: on the first HTML page, not at start
+
+    return convert(html)
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:

@@ -7,7 +7,6 @@ Config (``[plugins.config.time]``): ``default_timezone`` (default ``UTC``).
 
 from __future__ import annotations
 
-import difflib
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -40,6 +39,8 @@ def find_zone(name: str) -> ZoneInfo:
     known = _zones()
     canonical = known.get(wanted.lower())
     if canonical is None:
+        import difflib  # only to suggest names for an unknown zone
+
         close = difflib.get_close_matches(wanted.lower(), list(known), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(f'`{known[c]}`' for c in close)}?" if close else ""
         raise UnknownZone(
