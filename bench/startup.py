@@ -5,7 +5,10 @@
    (migrations applied), vs a minimal aiohttp + asyncpg app that connects a pool
    and serves 200 (both spawned the same way, polled the same way, alternately).
    A second gateway row has a model configured, so litellm is imported in the
-   background while the gateway starts (informational).
+   background while the gateway starts (informational). Every timed process
+   loads compiled bytecode, as an installed package does (see ``BYTECODE``); a
+   last row shows the start compiling soulgate's own modules from source, as an
+   editable checkout does under ``PYTHONDONTWRITEBYTECODE=1``.
 2. Import time (wall and CPU, in a fresh interpreter) of litellm and of the
    platform SDKs the gateway imports only when a channel needs them.
 3. CPU per chat completion against the fake LLM (its own process, answering at
@@ -14,12 +17,14 @@
    (OpenAI-compatible calls through litellm's own HTTP handler, no message
    redaction), the same through the OpenAI SDK and with redaction on (what
    agents/llm.py switches off), the litellm Router, and the gateway's own seam
-   (``agents.llm.LLM.complete``). ``--calls-only`` runs just this part.
+   (``agents.llm.LLM.complete``). ``--calls-only`` runs just this part,
+   ``--ready-only`` just the first.
 
 Target (issue 9): ready ≤ 2x the minimal app.
 
     python bench/startup.py                    # ~1.5 minutes on 2 cores
     python bench/startup.py --starts 10 --calls 500
+    python bench/startup.py --ready-only --starts 3   # ~30 s: the time-to-ready table
 """
 
 from __future__ import annotations
@@ -118,9 +123,37 @@ def write_config(work: Path, url: str, port: int, llm: str | None) -> Path:
     return path
 
 
-async def time_to_ready(command: list[str], port: int, limit: float = 60.0) -> float:
-    """Seconds from spawn until GET /readyz on ``port`` answers 200; the process is stopped after."""
+#: Bytecode. The minimal app's modules (aiohttp, asyncpg) load from the .pyc files pip
+#: wrote when it installed them, and so do soulgate's in an installed copy (pip install,
+#: the Docker image). An editable checkout run with PYTHONDONTWRITEBYTECODE=1 (as the
+#: development environment does) compiles every soulgate module from source at every
+#: start instead, which the minimal app never pays. So the timed processes share one
+#: bytecode cache in the scratch directory (PYTHONPYCACHEPREFIX), filled by untimed
+#: warm-up starts; the "compiling" row runs without it.
+BYTECODE_CACHED = "cached"
+BYTECODE_SOURCE = "source"
+
+
+def bytecode_env(mode: str, work: Path) -> dict[str, str | None]:
+    if mode == BYTECODE_CACHED:
+        return {"PYTHONPYCACHEPREFIX": str(work / "pycache"), "PYTHONDONTWRITEBYTECODE": None}
+    return {"PYTHONPYCACHEPREFIX": None, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def child_env(extra: dict[str, str | None]) -> dict[str, str]:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+async def time_to_ready(command: list[str], port: int, limit: float = 60.0,
+                        env_extra: dict[str, str | None] | None = None) -> float:
+    """Seconds from spawn until GET /readyz on ``port`` answers 200; the process is stopped after."""
+    env = child_env(env_extra or {})
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL,
@@ -154,18 +187,33 @@ async def time_to_ready(command: list[str], port: int, limit: float = 60.0) -> f
 async def readiness(args: argparse.Namespace, url: str, llm: str, work: Path) -> dict[str, list[float]]:
     soulgate = shutil.which("soulgate")
     base = [soulgate] if soulgate else [sys.executable, "-m", "gateway.cli"]
-    times: dict[str, list[float]] = {"minimal aiohttp + asyncpg app": [], "soulgate run": [],
-                                     "soulgate run, a model configured": []}
+    cached, source = bytecode_env(BYTECODE_CACHED, work), bytecode_env(BYTECODE_SOURCE, work)
+
+    def minimal(port: int) -> list[str]:
+        return [sys.executable, "-c", MINIMAL_APP, url, str(port)]
+
+    def gateway(port: int, model: str | None) -> list[str]:
+        return [*base, "--config", str(write_config(work, url, port, model)), "run"]
+
+    # Untimed warm-up: fills the bytecode cache (litellm's too, which the gateway imports in
+    # a thread that a start stopped at ready would leave half done).
+    print("  warm-up (bytecode cache)", file=sys.stderr, flush=True)
+    for command in (minimal, lambda p: gateway(p, None)):
+        port = free_port()
+        await time_to_ready(command(port), port, env_extra=cached)
+    await asyncio.to_thread(subprocess.run, [sys.executable, "-c", "import litellm"], cwd=ROOT, check=True,
+                            env=child_env(cached))
+    rows: dict[str, tuple[Any, dict[str, str | None]]] = {
+        "minimal aiohttp + asyncpg app": (minimal, cached),
+        "soulgate run": (lambda p: gateway(p, None), cached),
+        "soulgate run, a model configured": (lambda p: gateway(p, llm), cached),
+        "soulgate run, compiling its modules at start": (lambda p: gateway(p, None), source),
+    }
+    times: dict[str, list[float]] = {name: [] for name in rows}
     for i in range(args.starts):
-        port = free_port()
-        times["minimal aiohttp + asyncpg app"].append(
-            await time_to_ready([sys.executable, "-c", MINIMAL_APP, url, str(port)], port))
-        port = free_port()
-        times["soulgate run"].append(
-            await time_to_ready([*base, "--config", str(write_config(work, url, port, None)), "run"], port))
-        port = free_port()
-        times["soulgate run, a model configured"].append(
-            await time_to_ready([*base, "--config", str(write_config(work, url, port, llm)), "run"], port))
+        for name, (command, env_extra) in rows.items():
+            port = free_port()
+            times[name].append(await time_to_ready(command(port), port, env_extra=env_extra))
         print(f"  start {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
               file=sys.stderr, flush=True)
     return times
@@ -301,10 +349,13 @@ async def amain(args: argparse.Namespace) -> None:
             await db.close()
             print("time to ready", file=sys.stderr, flush=True)
             ready = await readiness(args, url, fakes.info["llm"], work)
-        print("imports", file=sys.stderr, flush=True)
-        imports = await asyncio.to_thread(import_times, args.import_repeat)
-        print("CPU per completion", file=sys.stderr, flush=True)
-        calls = await cpu_per_call(args, fakes.info["llm"])
+        imports: list[tuple[str, float, float]] = []
+        calls = []
+        if not args.ready_only:
+            print("imports", file=sys.stderr, flush=True)
+            imports = await asyncio.to_thread(import_times, args.import_repeat)
+            print("CPU per completion", file=sys.stderr, flush=True)
+            calls = await cpu_per_call(args, fakes.info["llm"])
     finally:
         fakes.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -331,14 +382,24 @@ def report(args: argparse.Namespace, ready: dict[str, list[float]], imports: lis
         f"initialised\nmachine: {machine()}; PostgreSQL {pg} (embedded); load average before {load0}, after {load1}",
         ["process", "median s", "min s", "max s", "vs minimal"], rows,
         ["soulgate run: no channels, no model (the built-in agent); 'a model configured': litellm is imported "
-         "in a background thread while the gateway starts"],
+         "in a background thread while the gateway starts",
+         "every row but the last loads compiled bytecode (a cache filled by untimed warm-up starts), as an "
+         "installed package does; the last compiles soulgate's own modules from source at every start, as an "
+         "editable checkout does with PYTHONDONTWRITEBYTECODE=1"
+         + (" (this checkout has __pycache__ folders, so it may not)" if has_pycache() else "")],
     )]
     out.append(table("target", ["check", "ratio", "target", "met"],
                      [["soulgate run / minimal app", fmt(ratio, 2), "≤ 2", "yes" if ratio <= 2 else "NO"]]))
-    out.append(table(f"import time in a fresh interpreter (median of {args.import_repeat})",
-                     ["module", "wall s", "CPU s"], [[m, fmt(w, 2), fmt(c, 2)] for m, w, c in imports]))
-    out.append(calls_table)
+    if imports:
+        out.append(table(f"import time in a fresh interpreter (median of {args.import_repeat})",
+                         ["module", "wall s", "CPU s"], [[m, fmt(w, 2), fmt(c, 2)] for m, w, c in imports]))
+    if calls:
+        out.append(calls_table)
     return "\n\n".join(out)
+
+
+def has_pycache() -> bool:
+    return any((ROOT / pkg / "__pycache__").is_dir() for pkg in ("gateway", "storage", "agents"))
 
 
 def main() -> None:
@@ -348,6 +409,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="completions per client")
     parser.add_argument("--warmup", type=int, default=20, help="completions before the clock starts")
     parser.add_argument("--calls-only", action="store_true", help="only the CPU-per-completion table")
+    parser.add_argument("--ready-only", action="store_true", help="only the time-to-ready table")
     parser.add_argument("--data-dir", help="embedded Postgres data directory (default: a fresh temp dir)")
     args = parser.parse_args()
     quiet_logging()
