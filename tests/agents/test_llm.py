@@ -289,3 +289,19 @@ async def test_the_fast_path_still_names_the_openai_organization_and_project(
     [backup] = [{k.lower(): v for k, v in r.headers.items()} for r in fake_llm.requests_for("m-backup")]
     assert (primary["openai-organization"], primary["openai-project"]) == ("org-cfg", "proj_env")
     assert backup["openai-project"] == "proj_cfg" and "openai-organization" not in backup  # the operator's header wins
+
+
+async def test_no_logging_callback_sees_the_messages(fake_llm: FakeLLM) -> None:
+    """agents.llm leaves litellm's message redaction off (it deep-copied every call's payload) on the
+    premise that no logging callback is registered: only the Router's own usage counters are."""
+    litellm = await load_litellm()
+    assert litellm.turn_off_message_logging is False
+    llm = LLM(_models(fake_llm))
+    await llm.router()
+    fake_llm.enqueue("m-primary", "hi")
+    await llm.complete(["primary"], MESSAGES)
+    hooked = [cb for name in ("callbacks", "success_callback", "failure_callback", "input_callback",
+                              "_async_success_callback", "_async_failure_callback")
+              for cb in getattr(litellm, name)]
+    llm.close()
+    assert hooked and all(isinstance(getattr(cb, "__self__", None), litellm.Router) for cb in hooked), hooked
