@@ -99,7 +99,7 @@ class WakeOne:
 class Wakeups:
     def __init__(self) -> None:
         self.inbox = WakeOne()
-        self.outbox = asyncio.Event()  # delivery workers: see gateway/delivery.py
+        self.outbox = WakeOne()
 
 
 class AdapterContextImpl:

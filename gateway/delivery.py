@@ -70,6 +70,7 @@ class Deliverer:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout)
                 continue
+            wake.set()  # there may be more: let one more idle worker look (see WakeOne)
             self.gw.inflight += 1
             try:
                 await self.deliver(item)

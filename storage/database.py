@@ -134,11 +134,12 @@ class Database:
         self._pool_max = pool_max
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
-        self._notifier = Notifier(lambda: self.pool.acquire())
+        self.notifier = Notifier(lambda: self.pool.acquire())
 
     def notify_soon(self, channel: str) -> None:
-        """Wake listeners of ``channel`` once the caller's write has committed (see storage/notify.py)."""
-        self._notifier.poke(channel)
+        """Wake listeners of ``channel``, here at once and elsewhere by NOTIFY; call it after
+        the write it announces has committed (see storage/notify.py)."""
+        self.notifier.poke(channel)
 
     @property
     def safe_url(self) -> str:
@@ -172,7 +173,7 @@ class Database:
             ) from exc
 
     async def close(self) -> None:
-        await self._notifier.aclose()
+        await self.notifier.aclose()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()

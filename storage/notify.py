@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import TYPE_CHECKING, Any
@@ -30,14 +31,30 @@ log = logging.getLogger("soulgate.storage")
 
 class Notifier:
     """Coalesced NOTIFYs: ``poke(channel)`` after a commit; one statement in flight at a time
-    carries every channel poked meanwhile, so a burst of admissions costs a few NOTIFYs."""
+    carries every channel poked meanwhile, so a burst of admissions costs a few NOTIFYs.
+
+    Listeners in this process (:func:`listen_forever` on the same database) are called at
+    once, and the NOTIFY, when it comes back to them, is ignored: waiting for the round
+    trip through Postgres only added latency, and the echo woke a second worker for the
+    same row.
+    """
 
     def __init__(self, acquire: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]) -> None:
         self._acquire = acquire
         self._due: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._local: dict[str, list[Callable[[], None]]] = {}
+        #: the payload of this process's NOTIFYs, so its own listeners can tell them apart
+        self.tag = f"soulgate:{uuid.uuid4().hex}"
+
+    def subscribe(self, channel: str, fn: Callable[[], None]) -> Callable[[], None]:
+        """Call ``fn`` on every poke of ``channel`` in this process; returns the unsubscriber."""
+        self._local.setdefault(channel, []).append(fn)
+        return lambda: self._local.get(channel, []).remove(fn)
 
     def poke(self, channel: str) -> None:
+        for fn in list(self._local.get(channel, ())):
+            fn()
         self._due.add(channel)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._flush(), name="soulgate-notify")
@@ -45,10 +62,10 @@ class Notifier:
     async def _flush(self) -> None:
         while self._due:
             channels, self._due = sorted(self._due), set()
-            calls = ", ".join(f"pg_notify(${i + 1}, '')" for i in range(len(channels)))
+            calls = ", ".join(f"pg_notify(${i + 1}, ${len(channels) + 1})" for i in range(len(channels)))
             try:
                 async with self._acquire() as conn:
-                    await conn.execute(f"SELECT {calls}", *channels)
+                    await conn.execute(f"SELECT {calls}", *channels, self.tag)
             except Exception as exc:  # the idle re-checks find the rows; see the module docstring
                 log.debug("wake-up on %s not sent: %s", channels, exc)
                 return
@@ -65,8 +82,20 @@ async def listen_forever(db: Database, handlers: dict[str, Callable[[], None]], 
     """Call ``handlers[channel]()`` on every NOTIFY; reconnects after a lost connection.
 
     After each (re)connect every handler is called once, because notifications
-    sent while we were not listening are lost.
+    sent while we were not listening are lost. Pokes from this process reach the
+    handlers directly (:class:`Notifier`), so their NOTIFYs are skipped here.
     """
+    notifier = db.notifier
+    unsubscribe = [notifier.subscribe(channel, fn) for channel, fn in handlers.items()]
+    try:
+        await _listen(db, handlers, notifier.tag, retry)
+    finally:
+        for undo in unsubscribe:
+            with suppress(ValueError):
+                undo()
+
+
+async def _listen(db: Database, handlers: dict[str, Callable[[], None]], own: str, retry: float) -> None:
     while True:
         conn = None
         lost = asyncio.Event()
@@ -74,8 +103,10 @@ async def listen_forever(db: Database, handlers: dict[str, Callable[[], None]], 
             conn = await db.connect_dedicated()
             conn.add_termination_listener(lambda _c, lost=lost: lost.set())
             for channel, fn in handlers.items():
-                def cb(*_: Any, fn: Callable[[], None] = fn) -> None:
-                    fn()
+                def cb(_conn: Any, _pid: int, _channel: str, payload: str,
+                       fn: Callable[[], None] = fn) -> None:
+                    if payload != own:  # ours was delivered in-process already
+                        fn()
                 await conn.add_listener(channel, cb)
             for fn in handlers.values():
                 fn()

@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from gateway.context import WakeOne
+from storage import Database, listen_forever
 from gateway.testing import running_gateway, test_config
 
 from .test_pipeline import echo, responder_plugin
@@ -66,18 +67,20 @@ async def test_a_waiter_that_timed_out_does_not_swallow_the_wakeup() -> None:
 
 
 async def test_idle_workers_do_not_all_claim_on_each_message(soulgate_database_url: str) -> None:
-    config = test_config({"workers": {"dispatch": 8, "idle_poll_seconds": 30.0}})
+    config = test_config({"workers": {"dispatch": 8, "delivery": 8, "idle_poll_seconds": 30.0}})
     async with running_gateway(soulgate_database_url, config=config,
                                plugins=[("echo", responder_plugin(echo))]) as h:
         await h.ask("warm up")
         await h.idle()
-        claims = 0
+        claims = sends = 0
 
         def count(record: Any) -> None:
-            nonlocal claims
+            nonlocal claims, sends
             # separate claim statements (not the commits that claim the next row)
             if "FOR UPDATE OF i SKIP LOCKED" in record.query and "UPDATE inbox SET status = $3" not in record.query:
                 claims += 1
+            if "FOR UPDATE OF o SKIP LOCKED" in record.query:
+                sends += 1
 
         pool = h.gateway.store.db.pool
         held = [await pool.acquire() for _ in range(pool.get_max_size())]
@@ -85,7 +88,7 @@ async def test_idle_workers_do_not_all_claim_on_each_message(soulgate_database_u
             conn.add_query_logger(count)
         for conn in held:
             await pool.release(conn)
-        claims = 0
+        claims = sends = 0
         messages = 10
         for i in range(messages):
             assert await h.ask(f"m{i}") == f"m{i}".join(["echo: ", ""])
@@ -93,3 +96,36 @@ async def test_idle_workers_do_not_all_claim_on_each_message(soulgate_database_u
         # nothing); the worker's look for its next row rides on its commit (not counted
         # here). 8 workers all claiming on each NOTIFY made it 144.
         assert claims <= messages * 2, claims
+        # delivery: the claim that gets the chunk, the worker it woke, the look after the send
+        await h.idle()
+        assert sends <= messages * 3, sends
+
+
+async def test_a_poke_reaches_local_listeners_at_once_and_its_echo_is_ignored(
+    soulgate_database_url: str,
+) -> None:
+    db = Database(soulgate_database_url)
+    await db.connect()
+    heard: list[str] = []
+    listener = asyncio.create_task(listen_forever(db, {"soulgate_test": lambda: heard.append("x")}))
+    try:
+        for _ in range(100):  # the listener calls each handler once when it is connected
+            if heard:
+                break
+            await asyncio.sleep(0.05)
+        heard.clear()
+        db.notify_soon("soulgate_test")
+        assert heard == ["x"]  # in-process, before any round trip
+        await asyncio.sleep(0.5)
+        assert heard == ["x"]  # the NOTIFY came back and was recognised as ours
+        async with db.pool.acquire() as conn:  # another process's NOTIFY is heard
+            await conn.execute("SELECT pg_notify('soulgate_test', '')")
+        for _ in range(100):
+            if len(heard) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == ["x", "x"]
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await db.close()
