@@ -263,8 +263,7 @@ async def test_a_keyless_model_on_the_fast_path_sends_nothing_and_the_chain_move
     llm.close()
     assert done.content == "still here"
     assert [(a.model, a.reason) for a in done.attempts] == [("nokey", "not_configured"), ("backup", None)]
-    assert "credentials" in (done.attempts[0].error or "")
-    assert llm.knows("backup") and not llm.knows("nokey")
+    assert "credentials" in (done.attempts[0].error or "")  # found before a request left (else: unreachable)
 
 
 def _closed_port() -> int:
