@@ -13,6 +13,13 @@ authentication and bad-request errors, and when the whole chain fails it raises
 only the first model's exception. Walking the chain ourselves lets us fall back
 only on 429/5xx/timeouts/connection errors, stop at once on errors another try
 cannot fix, and record for every model why it did not answer.
+
+CPU per call matters (a worker makes one or more calls per turn): OpenAI and the
+OpenAI-compatible providers are called through litellm's own HTTP handler rather
+than the OpenAI SDK (litellm's ``EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER``, on
+unless the operator sets it to ``false``), which halves litellm's CPU per
+completion; the few things the SDK did for us on that path (refusing a keyless
+request, the organization and project headers) are done here.
 """
 
 from __future__ import annotations
