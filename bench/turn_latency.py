@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import re
 import statistics
@@ -190,11 +191,17 @@ async def measure(name: str, url: str, fakes: FakesProcess, args: argparse.Names
     common = {"url": url, "secret": fakes.info["secret"], "channels": args.channels}
     await run_load({**common, "mode": "closed", "concurrency": 4, "count": 40, "tag": f"warm{tag}"})
     await wait_posts(fakes, 40, 30)
+    profiler = cProfile.Profile() if args.profile and name == "gateway" else None
     cpu0 = time.process_time()
+    if profiler is not None:
+        profiler.enable()
     load = await run_load({**common, "mode": "open", "rate": args.rate, "duration": args.seconds, "tag": tag})
     acked = [i for i, s in zip(load["index"], load["status"], strict=True) if s == 200]
     seen = await wait_posts(fakes, len(acked), 60)
     cpu = time.process_time() - cpu0
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{args.profile}.{tag}")
     sent = dict(zip(load["index"], load["send"], strict=True))
     llm: dict[int, tuple[float, float]] = {}
     for text, received, answered in seen["llm"]:
@@ -278,6 +285,8 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=10, help="database pool size (the gateway's default)")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs; the targets use medians")
     parser.add_argument("--data-dir", help="embedded Postgres data directory (default: a fresh temp dir)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="cProfile the gateway's measured runs (this process) into FILE.<tag>")
     args = parser.parse_args()
     quiet_logging()
     asyncio.run(amain(args))
