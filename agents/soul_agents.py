@@ -9,6 +9,7 @@ reports it with file and line) while the other files are reloaded.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib
 import logging
 import threading
@@ -205,8 +206,11 @@ class AgentResponder:
 _TURN_MODULES = ("agents.agent", "jsonschema")
 
 
-def _preload_turn_modules() -> None:
+def _preload_turn_modules(after: concurrent.futures.Future[Any]) -> None:
     def run() -> None:
+        # After litellm's import, which a first turn waits for anyway: so this does not
+        # compete with the start for the interpreter lock.
+        concurrent.futures.wait([after])
         for name in _TURN_MODULES:
             try:
                 importlib.import_module(name)
@@ -230,8 +234,8 @@ async def soulgate_startup(services: Services) -> None:
     if not isinstance(responder, AgentResponder):
         return
     if responder.llm is not None and (services.config.models or responder.llm.extra_models):
-        preload_litellm()  # in a thread, so the first turn does not wait seconds for the import
-        _preload_turn_modules()
+        # litellm, then the turn's modules, in threads: the first turn does not wait for them
+        _preload_turn_modules(preload_litellm())
         responder.warm()
     for problem in responder.problems:
         log.error("SOUL file problem (the file is skipped): %s", problem)

@@ -97,6 +97,44 @@ def test_a_start_without_channels_imports_no_adapter_sdk_or_turn_module(
     assert not loaded, f"imported by a start that does not need them: {loaded}"
 
 
+def test_with_a_model_configured_the_turn_modules_are_preloaded_after_litellm(
+    soulgate_database_url: str, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, f"""
+        [database]
+        url = "{soulgate_database_url}"
+        [admin]
+        enabled = false
+        [models.default]
+        model = "openai/startup-model"
+        api_base = "http://127.0.0.1:9/v1"
+        api_key = "sk-startup"
+    """)
+    code = """
+        import asyncio, json, sys, time
+        from agents.llm import load_litellm
+        from gateway.config import load_config
+        from gateway.runtime import Gateway
+
+        async def main() -> None:
+            gw = Gateway(load_config(sys.argv[1]), entry_points=False)
+            await gw.start()
+            try:
+                await load_litellm()
+                deadline = time.monotonic() + 60
+                while not {"jsonschema", "agents.agent"} <= set(sys.modules) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                later = sorted(m for m in ("jsonschema", "agents.agent") if m in sys.modules)
+            finally:
+                await gw.stop()
+            print(json.dumps({"later": later}))
+
+        asyncio.run(main())
+    """
+    result = _python(code, config)
+    assert result == {"later": ["agents.agent", "jsonschema"]}
+
+
 def test_configured_channels_load_their_config_models_only_and_report_bad_keys(tmp_path: Path) -> None:
     config = _config(tmp_path, """
         [channels.telegram.main]
