@@ -24,7 +24,13 @@ import asyncpg
 if TYPE_CHECKING:
     from .database import Database
 
-__all__ = ["Notifier", "listen_forever"]
+__all__ = ["HTTP_REPLY_CHANNEL", "REQUEST_RESPONSE_CHANNELS", "Notifier", "listen_forever"]
+
+#: woken when a turn of a request/response channel is committed or one of its chunks
+#: reaches a final status (storage/replies.py waits on it)
+HTTP_REPLY_CHANNEL = "soulgate_http_reply"
+#: channels whose handler waits, in the admitting process, for the turn's reply
+REQUEST_RESPONSE_CHANNELS = frozenset({"http"})
 
 log = logging.getLogger("soulgate.storage")
 

@@ -19,6 +19,7 @@ import asyncpg
 from gateway.envelope import Reply, ReplyAddress
 
 from .database import Database
+from .notify import HTTP_REPLY_CHANNEL, REQUEST_RESPONSE_CHANNELS
 from .storable import storable_json
 
 __all__ = ["OUTBOX_CHANNEL", "OutboxItem", "OutboxRepo", "PendingChunk"]
@@ -149,28 +150,35 @@ class OutboxRepo:
         async with self.db.pool.acquire() as conn:
             # (not greatest(0, …) in SQL: GREATEST ignores NULL, so "nothing pending"
             # would read as "due now" and idle workers would spin)
+            # the head (lowest live id) of each destination, in one pass over outbox_live_dest:
+            # a NOT EXISTS per pending row took ~70 ms with 1 000 rows queued, and every idle
+            # worker asks this on every loop
             due = await conn.fetchval(
-                "SELECT extract(epoch FROM min(o.next_attempt_at) - clock_timestamp())::float8"
-                " FROM outbox o WHERE o.status = 'pending' AND NOT EXISTS ("
-                " SELECT 1 FROM outbox p WHERE p.destination = o.destination"
-                " AND p.status IN ('pending', 'sending') AND p.id < o.id)"
+                "SELECT extract(epoch FROM min(h.next_attempt_at) - clock_timestamp())::float8"
+                " FROM (SELECT DISTINCT ON (o.destination) o.status, o.next_attempt_at, o.channel,"
+                " o.account FROM outbox o WHERE o.status IN ('pending', 'sending')"
+                " ORDER BY o.destination, o.id) h"
+                " WHERE h.status = 'pending'"
                 " AND NOT EXISTS (SELECT 1 FROM unnest($1::text[], $2::text[]) s(ch, acc)"
-                " WHERE s.ch = o.channel AND s.acc = o.account)",
+                " WHERE s.ch = h.channel AND s.acc = h.account)",
                 *_pairs(skip),
             )
         return None if due is None else max(0.0, float(due))
 
-    async def _finish(self, item: OutboxItem, sql: str, *args: Any) -> bool:
+    async def _finish(self, item: OutboxItem, sql: str, *args: Any, final: bool = False) -> bool:
         async with self.db.pool.acquire() as conn:
             res = await conn.execute(sql, item.id, uuid.UUID(item.token), *args)
-        return bool(res.endswith(" 1"))
+        done = bool(res.endswith(" 1"))
+        if done and final and item.inbox_id and item.address.channel in REQUEST_RESPONSE_CHANNELS:
+            self.db.notify_soon(HTTP_REPLY_CHANNEL)  # the handler waiting for this reply
+        return done
 
     async def mark_sent(self, item: OutboxItem, platform_message_id: str | None) -> bool:
         return await self._finish(
             item,
             "UPDATE outbox SET status = 'sent', sent_at = now(), platform_message_id = $3,"
             " lease_until = NULL WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
-            platform_message_id,
+            platform_message_id, final=True,
         )
 
     async def retry_later(self, item: OutboxItem, delay: float, error: str, *, count: bool = True) -> bool:
@@ -190,7 +198,7 @@ class OutboxRepo:
             item,
             "UPDATE outbox SET status = $4, lease_until = NULL, last_error = $3"
             " WHERE id = $1 AND claim_token = $2 AND status = 'sending'",
-            error[:2000], status,
+            error[:2000], status, final=True,
         )
 
     async def dead(self, limit: int = 100) -> list[dict[str, Any]]:

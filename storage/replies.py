@@ -4,8 +4,8 @@ The http channel answers an HTTP request with the reply of the turn it
 admitted, but the turn may run, and its chunks be delivered, in another gateway
 instance. So the waiting handler cannot rely on an in-process callback: it asks
 here how its inbox rows are doing, and sleeps on ``LISTEN soulgate_http_reply``
-in between (migration 003 notifies when an http turn is committed and when one
-of its chunks reaches a final status).
+in between (the turn's commit and each of its chunks' final status wake it, after
+their commits: storage/turns.py and storage/outbox.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from gateway.envelope import Reply
 
 from .conversations import ConversationRepo
 from .database import Database
-from .notify import listen_forever
+from .notify import HTTP_REPLY_CHANNEL, listen_forever
 
 __all__ = ["HTTP_REPLY_CHANNEL", "RepliesRepo", "TurnProgress"]
 
-HTTP_REPLY_CHANNEL = "soulgate_http_reply"
 _FINAL_TURN = ("done", "failed")
 _LIVE_CHUNK = ("pending", "sending")
 

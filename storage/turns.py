@@ -21,6 +21,7 @@ from gateway.envelope import Envelope
 from .audit import RUN_FIELDS
 from .database import Database
 from .inbox import ClaimedTurn, LostClaim
+from .notify import HTTP_REPLY_CHANNEL, REQUEST_RESPONSE_CHANNELS
 from .outbox import OUTBOX_CHANNEL, PendingChunk
 from .storable import storable_json_text
 
@@ -151,6 +152,8 @@ async def commit_turn(
         raise LostClaim(claim.inbox_id)
     if row["chunks"]:
         db.notify_soon(OUTBOX_CHANNEL)
+    if claim.envelope.channel in REQUEST_RESPONSE_CHANNELS:
+        db.notify_soon(HTTP_REPLY_CHANNEL)  # the handler waiting for this turn's answer
     if claim_next is None or row["next_id"] is None:
         return None
     return ClaimedTurn(inbox_id=str(row["next_id"]), token=str(token), attempts=row["next_attempts"],

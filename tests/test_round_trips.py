@@ -18,7 +18,16 @@ import pytest_asyncio
 
 from gateway.envelope import Reply
 from gateway.testing import make_envelope
-from storage import Database, LostClaim, PendingChunk, Store, TurnRecord, commit_turn
+from storage import (
+    HTTP_REPLY_CHANNEL,
+    Database,
+    LostClaim,
+    PendingChunk,
+    Store,
+    TurnRecord,
+    commit_turn,
+    listen_forever,
+)
 
 
 class Counting:
@@ -206,3 +215,42 @@ async def test_a_lost_lease_claims_nothing_next(store: Store) -> None:
     with pytest.raises(LostClaim):
         await commit_turn(store.db, first, TurnRecord(), ttl_seconds=60, claim_next=("w1", 30))
     assert await store.inbox.counts() == {"pending": 1, "claimed": 1}
+
+
+async def test_http_turns_wake_the_waiting_handler_in_another_process(
+    store: Store, soulgate_database_url: str
+) -> None:
+    """The reply wake-up left the triggers (migration 007): it is sent after the commits."""
+    other = Database(soulgate_database_url)  # another instance: its own pool and tag
+    await other.connect()
+    heard: list[str] = []
+    listener = asyncio.create_task(listen_forever(other, {HTTP_REPLY_CHANNEL: lambda: heard.append("x")}))
+    try:
+        await _until(lambda: bool(heard))
+        heard.clear()
+        env = make_envelope("hi", channel="http", account="api", conversation="h-1")
+        await store.inbox.admit(env)
+        claim = await store.inbox.claim("w", 30)
+        assert claim is not None
+        record = TurnRecord(chunks=[PendingChunk(seq=0, address=env.reply_to, destination=env.conversation_key,
+                                                 reply=Reply(text="answer"))])
+        await commit_turn(store.db, claim, record, ttl_seconds=60)
+        await _until(lambda: len(heard) >= 1)  # the turn is committed
+        item = await store.outbox.claim(30)
+        assert item is not None
+        assert await store.outbox.mark_sent(item, "m-1")
+        await _until(lambda: len(heard) >= 2)  # its chunk reached a final status
+        triggers = await _count(store, "SELECT count(*) AS n FROM pg_trigger WHERE tgname LIKE '%http_reply%'")
+        assert triggers == 0
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await other.close()
+
+
+async def _until(check: Any, within: float = 5.0) -> None:
+    for _ in range(int(within / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("not woken in time")
