@@ -155,6 +155,18 @@ class Adapter(abc.ABC):
     def __init__(self, account: str) -> None:
         self.account = account
 
+    async def bind(self, ctx: AdapterContext) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Take the context that sending may need; called once at gateway start, in every role.
+
+        Called on every adapter before any turn runs or anything is sent, and
+        before :meth:`start`. A ``--role worker`` gateway never calls ``start``
+        but sends through the adapter, so keep what ``send``, ``typing`` and
+        ``fetch_attachment`` use from here (``get_state``/``set_state``, ``audit``,
+        ``log``, ``services``). This context refuses to receive: ``admit``,
+        ``remember_conversation``, ``add_route``, ``leadership`` and
+        ``run_as_leader`` raise ``RuntimeError`` (that is ``start``'s job).
+        """
+
     @abc.abstractmethod
     async def start(self, ctx: AdapterContext) -> None:
         """Start receiving (mount webhook routes, spawn pollers). Must not block for long."""

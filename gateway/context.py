@@ -21,7 +21,7 @@ from .skills import Command, Tool
 if TYPE_CHECKING:
     from .runtime import Gateway
 
-__all__ = ["AdapterContextImpl", "SkillRegistry", "WakeOne", "Wakeups"]
+__all__ = ["AdapterContextImpl", "SendingContext", "SkillRegistry", "WakeOne", "Wakeups"]
 
 
 class SkillRegistry:
@@ -192,3 +192,37 @@ class AdapterContextImpl:
             yield None
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._gw.stopping.wait(), interval)
+
+
+class SendingContext(AdapterContextImpl):
+    """The context :meth:`Adapter.bind` gets, in every role: state, audit, log, services.
+
+    What sending needs, without what receiving does: a ``--role worker`` gateway
+    must not mount routes or lead pollers, and an adapter that tries from ``bind``
+    fails loudly in every role, not only once roles are split in production.
+    """
+
+    def _refuse(self, what: str) -> RuntimeError:
+        return RuntimeError(
+            f"{self._adapter.channel}/{self._adapter.account}: {what} belongs in Adapter.start(), "
+            "not bind(): the context bind() gets only sends (a --role worker gateway never receives)"
+        )
+
+    async def admit(self, envelope: Envelope) -> AdmitResult:
+        raise self._refuse("admit")
+
+    async def remember_conversation(self, envelope: Envelope) -> None:
+        raise self._refuse("remember_conversation")
+
+    def add_route(self, method: str, path: str, handler: WebHandler) -> None:
+        raise self._refuse("add_route")
+
+    def leadership(self, name: str) -> AbstractAsyncContextManager[None]:
+        raise self._refuse("leadership")
+
+    async def run_as_leader(
+        self, name: str, body: Callable[[], Awaitable[None]], *,
+        on_error: Callable[[Exception], None] | None = None,
+        backoff: float = 2.0, max_backoff: float = 30.0,
+    ) -> None:
+        raise self._refuse("run_as_leader")

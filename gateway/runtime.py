@@ -27,7 +27,7 @@ from storage import Database, PendingChunk, Store, listen_forever, start_embedde
 
 from .adapter import Adapter, AdapterSpec, AdmitResult, WebHandler
 from .config import Config, format_validation_error
-from .context import AdapterContextImpl, SkillRegistry, Wakeups
+from .context import AdapterContextImpl, SendingContext, SkillRegistry, Wakeups
 from .delivery import Deliverer
 from .dispatch import Dispatcher
 from .envelope import Envelope, Reply, ReplyAddress
@@ -279,6 +279,10 @@ class Gateway:
             if name not in started:
                 self.plugins.disable(name, "failed in soulgate_startup; disabled")
         self._drop_failed_plugins()
+        for adapter in self.adapters.values():
+            # Every role sends (a worker through adapters it never starts): the sending
+            # context first, before a worker can claim a row or an admin call can send.
+            await adapter.bind(SendingContext(self, adapter))
         self._tasks.append(asyncio.create_task(listen_forever(self.store.db, {
             "soulgate_inbox": self.wakeups.inbox.set,
             "soulgate_outbox": self.wakeups.outbox.set,

@@ -7,6 +7,7 @@ them (nor lxml, which the HTML converter needs only for an HTML mail).
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,11 @@ class EmailAdapter(Adapter):
         self.last_send_error: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
+
+    async def bind(self, ctx: AdapterContext) -> None:
+        # A --role worker gateway runs turns and sends without start(): sending needs only
+        # the config (SMTP), but the attachments intake kept are read from adapter state.
+        self._ctx = ctx
 
     async def start(self, ctx: AdapterContext) -> None:
         from .inbound import MailboxWatcher  # aioimaplib: only now that a mailbox is configured
@@ -96,7 +102,8 @@ class EmailAdapter(Adapter):
         """An inbound attachment's bytes, kept in adapter state when the mail was taken in.
 
         ``ValueError`` when it was over ``max_attachment_bytes`` (listed, not kept), over
-        ``max_bytes``, or this instance does not run the adapter (role ``worker``).
+        ``max_bytes``, or is gone from adapter state. Works in every role: the bytes are in
+        Postgres, whichever instance took the mail in.
         """
         cap = min(max_bytes or self.config.max_attachment_bytes, self.config.max_attachment_bytes)
         if attachment.data is not None:
@@ -106,12 +113,13 @@ class EmailAdapter(Adapter):
                 raise ValueError(f"attachment {attachment.name!r} was not kept (over the size or count cap)")
             if attachment.size is not None and attachment.size > cap:
                 raise ValueError(f"attachment {attachment.name!r} is {attachment.size} bytes; the cap is {cap}")
-            if self._intake is None:
-                raise ValueError("the email adapter does not run on this instance (role worker)")
-            found = await self._intake.fetch_attachment(attachment.ref)
-            if found is None:
+            if self._ctx is None:
+                raise RuntimeError(f"email adapter {self.account!r} has no context (neither bind() nor start() ran)")
+            # kept by Intake._keep_attachments under this key
+            saved = await self._ctx.get_state(f"att:{attachment.ref}")
+            if not isinstance(saved, dict) or not isinstance(saved.get("data_b64"), str):
                 raise ValueError(f"attachment {attachment.name!r} is no longer stored")
-            data = found[1]
+            data = base64.b64decode(saved["data_b64"])
         if len(data) > cap:
             raise ValueError(f"attachment {attachment.name!r} is larger than {cap} bytes")
         return data

@@ -167,9 +167,3 @@ class Intake:
         for kind, value in (("sender", sender), ("thread", conversation)):
             key, stamps = await self._stamps(kind, value)
             await self.ctx.set_state(key, [*stamps, time.time()])
-
-    async def fetch_attachment(self, ref: str) -> tuple[str, bytes] | None:
-        saved = await self.ctx.get_state(f"att:{ref}")
-        if not isinstance(saved, dict) or not isinstance(saved.get("data_b64"), str):
-            return None
-        return str(saved.get("mime") or ""), base64.b64decode(saved["data_b64"])

@@ -8,7 +8,9 @@ delivery worker, as a proactive message to the stored ConversationReference.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import importlib
 import json
 import re
 from collections import Counter
@@ -79,23 +81,40 @@ class TeamsAdapter(Adapter):
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def start(self, ctx: AdapterContext) -> None:
-        from ._botframework import BotFramework  # botbuilder takes ~1 s to import: only when used
-
+    async def bind(self, ctx: AdapterContext) -> None:
+        # Every role sends, a --role worker gateway without start(): the state that
+        # top-level posts need comes from this context, botbuilder loads here.
         self._ctx = ctx
-        self._bf = BotFramework(self.cfg, self._credentials_factory)
+        # botbuilder takes ~1 s to import: in a thread, so the loop (admin /healthz) stays free.
+        await asyncio.to_thread(importlib.import_module, "adapters.teams._botframework")
+        self._framework()
+
+    async def start(self, ctx: AdapterContext) -> None:
+        self._ctx = ctx  # the receiving context; it sends as well
+        self._framework()
         if self.cfg.insecure_dev_mode and self.cfg.auth_disabled:
             ctx.log.warning(_DEV_BANNER, self.account, self.cfg.path)
         ctx.add_route("POST", self.cfg.path, self._handle)
 
-    async def stop(self) -> None:
-        if self._bf is not None:
-            await self._bf.close()
+    async def close(self) -> None:
+        # Not in stop(): the gateway drains in-flight sends after stopping adapters, and a
+        # worker-role gateway never stops them. A later send builds a fresh one.
+        bf, self._bf = self._bf, None
+        if bf is not None:
+            await bf.close()
+
+    def _framework(self) -> BotFramework:
+        """botbuilder's part, built on first use (by bind, start, or a send without either)."""
+        if self._bf is None:
+            from ._botframework import BotFramework
+
+            self._bf = BotFramework(self.cfg, self._credentials_factory)
+        return self._bf
 
     def _running(self) -> tuple[AdapterContext, BotFramework]:
-        if self._ctx is None or self._bf is None:
+        if self._ctx is None:
             raise RuntimeError(f"teams adapter {self.account!r} is not started")
-        return self._ctx, self._bf
+        return self._ctx, self._framework()
 
     # -- inbound --------------------------------------------------------------------
 
@@ -216,29 +235,37 @@ class TeamsAdapter(Adapter):
             raise PermanentDeliveryError("address has no Teams conversation reference")
         return reference
 
+    def _state(self) -> AdapterContext:
+        if self._ctx is None:
+            raise RuntimeError(
+                f"teams adapter {self.account!r}: a top-level post of several chunks needs adapter "
+                "state, and neither bind() nor start() gave it a context")
+        return self._ctx
+
     async def send(self, address: ReplyAddress, reply: Reply) -> SendResult:
-        ctx, bf = self._running()
+        bf = self._framework()
         reference = self._reference(address)
         conversation = dict(reference["conversation"])
         style = reply.meta.get(STYLE_META) or self.cfg.reply_style
         group, index = reply.meta.get("teams_group"), int(reply.meta.get("teams_chunk") or 0)
         top_level = style == "top_level" and address.data.get("kind") == "channel"
+        # Chunks of one top-level post find its root in adapter state; checked before posting.
+        state = self._state() if top_level and group and int(reply.meta.get("teams_chunks") or 1) > 1 else None
         if top_level:
             base, _root = split_thread(str(conversation.get("id", "")))
             # The first chunk starts a new post; the rest go into that post's thread.
-            root = await ctx.get_state(f"post:{group}") if group and index > 0 else None
+            root = await state.get_state(f"post:{group}") if state is not None and index > 0 else None
             conversation["id"] = f"{base};messageid={root}" if root else base
         message_id = await bf.send({**reference, "conversation": conversation}, self._activity(reply))
-        if top_level and group and index == 0 and message_id and int(reply.meta.get("teams_chunks") or 1) > 1:
-            await ctx.set_state(f"post:{group}", message_id)
+        if state is not None and index == 0 and message_id:
+            await state.set_state(f"post:{group}", message_id)
         self.counts["sent"] += 1
         return SendResult(platform_message_id=message_id, extra={"conversation_id": conversation["id"]})
 
     async def typing(self, address: ReplyAddress) -> None:
         if address.data.get("kind") == "channel":
             return  # Teams shows no typing indicator in channels; don't spend the rate budget
-        _ctx, bf = self._running()
-        await bf.send(self._reference(address), {"type": "typing"})
+        await self._framework().send(self._reference(address), {"type": "typing"})
 
     def rate_limits(self, address: ReplyAddress) -> list[RateLimit]:
         conversation = address.data.get("conversation_id") or (
