@@ -5,7 +5,8 @@ docs/channels/teams.md. Registering the channel imports nothing but this
 module: the config model loads when a ``[channels.teams.*]`` table is
 validated, the adapter on the first ``factory`` call, and botbuilder (only in
 ``_botframework``, so moving to the Microsoft 365 Agents SDK touches that one
-module) when an account starts.
+module) when the gateway binds an account at start, in every role (a
+``--role worker`` gateway sends without starting it).
 
 Besides the channel, the plugin implements ``soulgate_reply`` to carry the route
 option ``reply_style`` (``"thread"`` or ``"top_level"``) onto replies in Teams

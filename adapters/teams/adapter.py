@@ -77,6 +77,7 @@ class TeamsAdapter(Adapter):
         self._credentials_factory = credentials_factory
         self._bf: BotFramework | None = None
         self._ctx: AdapterContext | None = None
+        self._closed = False  # no more inbound; sends after close() still work (a fresh BotFramework)
         self.counts: Counter[str] = Counter()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -99,6 +100,7 @@ class TeamsAdapter(Adapter):
     async def close(self) -> None:
         # Not in stop(): the gateway drains in-flight sends after stopping adapters, and a
         # worker-role gateway never stops them. A later send builds a fresh one.
+        self._closed = True
         bf, self._bf = self._bf, None
         if bf is not None:
             await bf.close()
@@ -125,6 +127,8 @@ class TeamsAdapter(Adapter):
         return web.json_response({"error": reason}, status=status)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self._closed:  # shutting down: the listener closes next; Teams retries elsewhere
+            return self._refuse(503, "shutting down, retry later")
         ctx, bf = self._running()
         header = request.headers.get("Authorization")
         if not self.cfg.auth_disabled and not _BEARER.fullmatch(header or ""):
