@@ -204,20 +204,31 @@ class AgentResponder:
 #: arguments). Preloaded in a thread when a model is configured, like litellm, so the
 #: first turn does not import them on the event loop.
 _TURN_MODULES = ("agents.agent", "jsonschema")
+#: seconds the preload waits for litellm's import before importing the turn modules anyway
+_PRELOAD_WAIT = 120.0
 
 
 def _preload_turn_modules(after: concurrent.futures.Future[Any]) -> None:
+    # After litellm's import, which a first turn waits for anyway, so that this does not
+    # compete with the start for the interpreter lock. A done callback rather than
+    # concurrent.futures.wait(): it also fires when the future is cancelled.
+    done = threading.Event()
+    after.add_done_callback(lambda _f: done.set())
+
     def run() -> None:
-        # After litellm's import, which a first turn waits for anyway: so this does not
-        # compete with the start for the interpreter lock.
-        concurrent.futures.wait([after])
+        done.wait(_PRELOAD_WAIT)
+        if after.cancelled():  # the gateway stopped before litellm was there: no turn is coming
+            return
         for name in _TURN_MODULES:
             try:
                 importlib.import_module(name)
             except Exception:  # the first turn imports it again and reports the error
                 log.warning("could not preload %s", name, exc_info=True)
 
-    threading.Thread(target=run, name="soulgate-agents-import", daemon=True).start()
+    # Not a daemon: a daemon thread frozen at interpreter exit in the middle of an import
+    # keeps the import lock, and the next import during finalization (litellm's clients
+    # import in __del__) would hang the exit. So an exit waits for these imports instead.
+    threading.Thread(target=run, name="soulgate-agents-import").start()
 
 
 @hookimpl
