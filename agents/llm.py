@@ -149,7 +149,9 @@ async def load_litellm() -> ModuleType:
     future = preload_litellm()
     if future.done():  # every call after the first: no thread hop
         return future.result()
-    return await asyncio.wrap_future(future)
+    # shielded: a waiter cancelled (a stopping gateway) must not cancel the shared import,
+    # which would make every later load in this process fail
+    return await asyncio.shield(asyncio.wrap_future(future))
 
 
 # -- results ----------------------------------------------------------------------------------

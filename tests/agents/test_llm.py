@@ -304,3 +304,29 @@ async def test_no_logging_callback_sees_the_messages(fake_llm: FakeLLM) -> None:
               for cb in getattr(litellm, name)]
     llm.close()
     assert hooked and all(isinstance(getattr(cb, "__self__", None), litellm.Router) for cb in hooked), hooked
+
+
+def test_a_cancelled_wait_does_not_cancel_the_shared_litellm_import() -> None:
+    """A gateway stopping while litellm loads cancels its waiters, not the import itself."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import asyncio
+        from agents.llm import load_litellm
+
+        async def main():
+            waiter = asyncio.create_task(load_litellm())
+            await asyncio.sleep(0.05)
+            waiter.cancel()
+            await asyncio.gather(waiter, return_exceptions=True)
+            module = await load_litellm()
+            print("loaded", module.__name__)
+
+        asyncio.run(main())
+    """)
+    env = {**__import__("os").environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded litellm" in done.stdout
