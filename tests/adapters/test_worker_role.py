@@ -10,7 +10,7 @@ needs from ``Adapter.bind`` (a context that refuses to receive).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
@@ -76,10 +76,10 @@ async def check_split(ingress: Gateway, worker: Gateway, channel: str) -> None:
     assert ingress.metrics.delivered.labels(channel)._value.get() == 0
 
 
-async def wait_for_typing(seen: Any, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a deadline
-    """Until ``seen()`` (the fake recorded the typing hint): the dispatch worker waits 0.5 s first."""
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a deadline
+    """Until ``check()`` holds, e.g. the fake recorded the typing hint (sent after 0.5 s of a turn)."""
     async with asyncio.timeout(timeout):
-        while not seen():  # noqa: ASYNC110 - the condition lives in the fake
+        while not check():  # noqa: ASYNC110 - the condition lives in another component
             await asyncio.sleep(0.05)
 
 
@@ -92,7 +92,7 @@ async def test_teams_worker_sends_replies_typing_and_top_level_posts(
     async def respond(turn: Turn) -> TurnResult:
         if turn.envelope.conversation.kind == "channel":  # two chunks: the second goes into the first's thread
             return TurnResult(replies=[Reply(text="A" * 900 + "\n\n" + "B" * 900)])
-        await wait_for_typing(lambda: any(c.type == "typing" for c in fake_teams.calls))
+        await eventually(lambda: any(c.type == "typing" for c in fake_teams.calls))
         return TurnResult(replies=[Reply(text=f"echo: {turn.envelope.text}")])
 
     config = {
@@ -161,6 +161,9 @@ async def test_email_worker_answers_and_reads_kept_attachments(
     config = {"channels": {"email": {"support": account_table(imap_server, smtp_server)}}}
     plugin = RecordingResponder(describe).plugin()
     async with split_roles(soulgate_database_url, config, [("recorder", plugin)]) as (ingress, worker):
+        taker = ingress.adapters[("email", "support")]
+        # a mailbox's first poll starts at its newest mail: deliver after it (as tests/adapters/test_email.py)
+        await eventually(lambda: taker.status().get("polls", 0) >= 1)
         await imap_server.deliver(mm.attachment_message("See attached.\n", content=pdf,
                                                         message_id="<q1@example.org>"))
         (sent,) = await smtp_server.wait_for_messages(1, timeout=15)
@@ -179,7 +182,7 @@ async def test_telegram_worker_answers_with_typing(
     soulgate_database_url: str, fake_telegram: FakeTelegram
 ) -> None:
     async def slow(turn: Turn) -> TurnResult:
-        await wait_for_typing(lambda: bool(fake_telegram.calls["sendChatAction"]))
+        await eventually(lambda: bool(fake_telegram.calls["sendChatAction"]))
         return TurnResult(replies=[Reply(text=f"echo: {turn.envelope.text}")])
 
     table = {"token": fake_telegram.token, "api_base": fake_telegram.base_url, "poll_timeout": 1}
@@ -196,7 +199,7 @@ async def test_telegram_worker_answers_with_typing(
 
 async def test_slack_worker_answers_with_a_reaction(soulgate_database_url: str, fake_slack: FakeSlack) -> None:
     async def slow(turn: Turn) -> TurnResult:
-        await wait_for_typing(lambda: fake_slack.count("reactions.add") > 0)
+        await eventually(lambda: fake_slack.count("reactions.add") > 0)
         return TurnResult(replies=[Reply(text=f"echo: {turn.envelope.text}")])
 
     table = {"bot_token": fake_slack.workspace.token, "signing_secret": fake_slack.signing_secret,
