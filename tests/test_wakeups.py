@@ -11,8 +11,8 @@ import asyncio
 from typing import Any
 
 from gateway.context import WakeOne
-from storage import Database, listen_forever
 from gateway.testing import running_gateway, test_config
+from storage import Database, listen_forever
 
 from .test_pipeline import echo, responder_plugin
 
