@@ -343,10 +343,13 @@ async def amain(args: argparse.Namespace) -> None:
     started, load_before = time.monotonic(), loadavg()
     process = FakesProcess()
     try:
-        (alone, outbox_alone), base = await asyncio.gather(phase(process, server, sizes, args, True),
-                                                           run_baseline(process, sizes))
-        rows = rows_of("alone", alone, base)
-        outboxes = [f"alone {outbox_alone}"]
+        if args.together_only:
+            base, rows, outboxes = await run_baseline(process, sizes), [], []
+        else:
+            (alone, outbox_alone), base = await asyncio.gather(phase(process, server, sizes, args, True),
+                                                               run_baseline(process, sizes))
+            rows = rows_of("alone", alone, base)
+            outboxes = [f"alone {outbox_alone}"]
         if not args.alone_only:
             together, outbox_together = await phase(process, server, sizes, args, False)
             rows += rows_of("together", together, base)
@@ -378,6 +381,7 @@ def main() -> None:
     parser.add_argument("--teams", type=int, default=60, help="messages to one Teams conversation")
     parser.add_argument("--full", action="store_true", help="the issue's sizes: 100, 1000, 100, 100, 100")
     parser.add_argument("--alone-only", action="store_true", help="skip the phase with one shared gateway")
+    parser.add_argument("--together-only", action="store_true", help="skip the phase with a gateway per burst")
     parser.add_argument("--workers", type=int, default=8, help="delivery workers")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for every burst")
     parser.add_argument("--data-dir", help="embedded Postgres data directory (default: a fresh temp dir)")

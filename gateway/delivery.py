@@ -32,6 +32,8 @@ MAX_INLINE_WAIT = 0.25
 GIVE_BACK_LEAD = 0.15
 #: a send that left later than its slot by more than this moves its buckets (``settle``)
 LATE = 0.01
+#: a send call that took longer than this counts as having left when it returned (see ``_post``)
+SLOW_SEND = 0.05
 #: a send that wakes more than this many intervals of a bucket after its slot books that bucket
 #: again (its slot is gone; two intervals: a limit with ~5% margin absorbs two sends bunched)
 REBOOK_AFTER = 2.0
@@ -181,15 +183,22 @@ class Deliverer:
 
     async def _post(self, item: OutboxItem, adapter: Adapter, limits: list[RateLimit], slot: float) -> SendResult:
         """``adapter.send``; when it left later than its slot, the buckets are then settled —
-        before the outcome is recorded, which is what lets the destination's next row go."""
+        before the outcome is recorded, which is what lets the destination's next row go.
+
+        When it left is noted just before the call. A call that took longer than
+        ``SLOW_SEND`` may have been stalled before its request went out (a busy loop), so
+        its departure is then taken to be when it returned: the latest it can have been.
+        """
         loop = asyncio.get_running_loop()
         left = loop.time()
         try:
             return await adapter.send(item.address, item.reply)
         finally:
-            if limits and left - slot > LATE:
+            done = loop.time()
+            departed = done if done - left > SLOW_SEND else left
+            if limits and departed - slot > LATE:
                 try:
-                    await self.gw.store.rates.settle([(r.key, r.interval) for r in limits], loop.time() - left)
+                    await self.gw.store.rates.settle([(r.key, r.interval) for r in limits], done - departed)
                 except Exception as exc:  # the send is done; a lost settle costs at most a 429
                     log.warning("could not settle rate buckets %s: %s", [r.key for r in limits], exc)
 
