@@ -68,6 +68,10 @@ conversation AS (
     FROM done, d, LATERAL (SELECT d.doc->'conversation' AS v) AS x
     ON CONFLICT (key) DO UPDATE SET reply_to = EXCLUDED.reply_to,
         title = coalesce(EXCLUDED.title, conversations.title), last_seen = now()
+    -- a new row version only when something changed, or last_seen is a minute old
+    WHERE conversations.reply_to IS DISTINCT FROM EXCLUDED.reply_to
+       OR (EXCLUDED.title IS NOT NULL AND conversations.title IS DISTINCT FROM EXCLUDED.title)
+       OR conversations.last_seen < now() - interval '1 minute'
 ),
 history AS (
     INSERT INTO messages (conversation_key, role, content, inbox_id, meta)

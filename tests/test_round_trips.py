@@ -254,3 +254,29 @@ async def _until(check: Any, within: float = 5.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("not woken in time")
+
+
+async def test_a_conversation_row_is_rewritten_only_when_its_address_or_title_changes(store: Store) -> None:
+    from dataclasses import replace
+
+    from gateway.envelope import ReplyAddress
+
+    first = make_envelope("one", conversation="c-addr")
+    await store.inbox.admit(first)
+    claim = await store.inbox.claim("w", 30)
+    assert claim is not None
+    await commit_turn(store.db, claim, TurnRecord(), ttl_seconds=60)
+    before = (await store.db.fetch("SELECT xmin::text AS v FROM conversations"))[0]["v"]
+    same = make_envelope("two", conversation="c-addr")
+    await store.inbox.admit(same)
+    claim = await store.inbox.claim("w", 30)
+    assert claim is not None
+    await commit_turn(store.db, claim, TurnRecord(), ttl_seconds=60)
+    assert (await store.db.fetch("SELECT xmin::text AS v FROM conversations"))[0]["v"] == before  # untouched
+    moved = replace(make_envelope("three", conversation="c-addr"),
+                    reply_to=ReplyAddress("fake", "test", {"conversation": "c-addr", "thread": "t-9"}))
+    await store.inbox.admit(moved)
+    claim = await store.inbox.claim("w", 30)
+    assert claim is not None
+    await commit_turn(store.db, claim, TurnRecord(), ttl_seconds=60)
+    assert await store.conversations.address(moved.conversation_key) == moved.reply_to
