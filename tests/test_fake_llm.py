@@ -55,6 +55,20 @@ litellm.suppress_debug_info = True
 HAS_MCP = importlib.util.find_spec("mcp") is not None
 TOOLS_KW: dict[str, Any] = {} if HAS_MCP else {"_skip_mcp_handler": True}
 
+
+
+@pytest.fixture(autouse=True)
+def _openai_sdk_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests pin litellm's behaviour on its default path, through the OpenAI SDK.
+
+    agents/llm.py switches the process to litellm's own HTTP handler
+    (EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER, read per call) when it imports litellm, so a
+    test of the gateway that ran earlier in the same process would otherwise change what
+    is measured here; tests/agents/test_llm.py pins that path.
+    """
+    monkeypatch.setenv("EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER", "false")
+
+
 # Bound at module level so pytest collects the fixture here; importing the
 # name directly would trip ruff's redefinition check (F811) on every test.
 fake_llm = llm_fakes.fake_llm
