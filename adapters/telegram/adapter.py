@@ -71,11 +71,15 @@ class TelegramAdapter(Adapter):
             kinds += ["edited_message", "edited_channel_post"]
         return kinds
 
+    async def bind(self, ctx: AdapterContext) -> None:
+        # a --role worker gateway sends without start(): it needs the known chat migrations
+        # (a group that became a supergroup) and a context to store new ones
+        self._ctx = ctx
+        await self._load_migrations(ctx)
+
     async def start(self, ctx: AdapterContext) -> None:
         self._ctx = ctx
-        saved = await ctx.get_state("migrations")
-        if isinstance(saved, dict):
-            self._migrations = {int(k): int(v) for k, v in saved.items()}
+        await self._load_migrations(ctx)
         if self.config.mode == "webhook":
             token = self.config.token.get_secret_value()
             secret = self.config.webhook_secret.get_secret_value() if self.config.webhook_secret else None
@@ -193,6 +197,11 @@ class TelegramAdapter(Adapter):
         # a group that became a supergroup stays allowed under its new id
         ids = {msg.chat.id} | {old for old, new in self._migrations.items() if new == msg.chat.id}
         return bool(chats) and not ids.isdisjoint(chats)
+
+    async def _load_migrations(self, ctx: AdapterContext) -> None:
+        saved = await ctx.get_state("migrations")
+        if isinstance(saved, dict):
+            self._migrations.update({int(k): int(v) for k, v in saved.items()})
 
     async def _remember_migration(self, old: int, new: int, learned_from: str) -> None:
         """A group became a supergroup: later sends to the old id go to the new one."""

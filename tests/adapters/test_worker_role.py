@@ -289,3 +289,37 @@ async def test_bind_comes_first_in_every_role_with_a_context_that_only_sends(
         assert [dict(r["detail"]) for r in audited] == [{"channel": "probe", "account": "main", "ok": True}]
     finally:
         await asyncio.shield(gw.stop())
+
+
+async def test_telegram_worker_knows_chat_migrations_learned_elsewhere(
+    soulgate_database_url: str, fake_telegram: FakeTelegram
+) -> None:
+    """A group that became a supergroup: a worker that never started its adapter sends to the
+    new id at once (bind loads the migrations), instead of failing once on the old one."""
+    from tests.adapters.test_telegram import telegram_gateway
+
+    old, new = -4007, -1004007
+    async with telegram_gateway(soulgate_database_url, fake_telegram) as h:
+        fake_telegram.push_message(fake_telegram.message(fake_telegram.chat(old), "@soulgate_bot hi"))
+        await fake_telegram.wait_for_messages(old, 1)  # the group's conversation is stored
+        await h.idle()
+        fake_telegram.push_migration(old, new)
+        for _ in range(250):
+            if await h.gateway.store.audit.recent(kind="telegram_chat_migrated"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the migration was never recorded")
+    table = {"token": fake_telegram.token, "api_base": fake_telegram.base_url, "poll_timeout": 1}
+    cfg = test_config({"channels": {"telegram": {"main": table}}, "gateway": {"instance_name": "worker"}})
+    worker = Gateway(cfg, role="worker", entry_points=False, database_url=soulgate_database_url)
+    sends_before = len(fake_telegram.calls["sendMessage"])
+    await worker.start()
+    try:
+        await worker.services.send(f"telegram:main:{old}:", "a note")
+        [sent] = await fake_telegram.wait_for_messages(new, 1)
+        await worker.wait_idle()
+    finally:
+        await asyncio.shield(worker.stop())
+    assert sent.text == "a note" and worker._started_adapters == []
+    assert [c.params["chat_id"] for c in fake_telegram.calls["sendMessage"][sends_before:]] == [new]
