@@ -9,23 +9,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from storage import Database, Store
-
-
-@pytest_asyncio.fixture
-async def store(soulgate_database_url: str) -> AsyncIterator[Store]:
-    db = Database(soulgate_database_url, pool_min=1, pool_max=8)
-    await db.connect()
-    try:
-        yield Store(db)
-    finally:
-        await db.close()
+from storage import Store
 
 
 async def tats(store: Store) -> dict[str, float]:

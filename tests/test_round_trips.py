@@ -10,11 +10,9 @@ nothing, a lost lease writes nothing, bad values from outside still store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from gateway.envelope import Reply
 from gateway.testing import make_envelope
@@ -56,15 +54,6 @@ class Counting:
         out, self.statements = self.statements, []
         return sum("pg_notify" in q for q in out)
 
-
-@pytest_asyncio.fixture
-async def store(soulgate_database_url: str) -> AsyncIterator[Store]:
-    db = Database(soulgate_database_url, pool_min=1, pool_max=4)
-    await db.connect()
-    try:
-        yield Store(db)
-    finally:
-        await db.close()
 
 
 async def _count(store: Store, sql: str, *args: Any) -> int:
