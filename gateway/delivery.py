@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -52,15 +53,23 @@ class Deliverer:
         wake = self.gw.wakeups.outbox
         idle = self.gw.config.workers.idle_poll_seconds
         lease = self.gw.config.workers.lease_seconds
+        unanswered: uuid.UUID | None = None  # the token of a claim whose answer was lost
         while not self.gw.stopping.is_set():
             wake.clear()
             skip = self.pacer.skipped()
+            token, item = unanswered or uuid.uuid4(), None
             try:
-                item = await self.gw.store.outbox.claim(lease, self.gw.delivery_channels(), skip)
+                if unanswered is not None:  # it may have claimed a row, which nobody else may send
+                    item = await self.gw.store.outbox.reclaim(unanswered, lease)
+                if item is None:
+                    item = await self.gw.store.outbox.claim(lease, self.gw.delivery_channels(), skip,
+                                                            token=token)
             except Exception as exc:
+                unanswered = token
                 self.gw.note_db_trouble(exc)
                 await asyncio.sleep(min(idle, 1.0))
                 continue
+            unanswered = None
             if item is None:
                 try:
                     due = await self.gw.store.outbox.next_due_in(skip)

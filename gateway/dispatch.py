@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -45,16 +46,23 @@ class Dispatcher:
         wake = self.gw.wakeups.inbox
         claim: ClaimedTurn | None = None
         chained = False  # the last commit looked for a next row already (and found none)
+        unanswered: uuid.UUID | None = None  # the token of a claim whose answer was lost
         while claim is not None or not self.gw.stopping.is_set():
             if claim is None:
                 if not chained:
                     wake.clear()  # before claiming, so a notify during the claim is not lost
+                    token = unanswered or uuid.uuid4()
                     try:
-                        claim = await self.gw.store.inbox.claim(name, cfg.lease_seconds)
+                        if unanswered is not None:  # it may have claimed a row: that one first
+                            claim = await self.gw.store.inbox.reclaim(unanswered, cfg.lease_seconds)
+                        if claim is None:
+                            claim = await self.gw.store.inbox.claim(name, cfg.lease_seconds, token=token)
                     except Exception as exc:
+                        unanswered = token
                         self.gw.note_db_trouble(exc)
                         await asyncio.sleep(min(cfg.idle_poll_seconds, 1.0))
                         continue
+                    unanswered = None
                     self.gw.note_db_ok()
                 if claim is None:
                     chained = False
@@ -76,6 +84,7 @@ class Dispatcher:
         """Run the turn and commit it; returns whether it was committed and, with ``next_for``
         (a worker name), the next row the commit claimed for that worker (see ``commit_turn``)."""
         lease = self.gw.config.workers.lease_seconds
+        next_token = uuid.uuid4()  # the same for every try of the commit (see commit_turn)
         renewer = asyncio.create_task(self._renew(claim, lease))
         typing = asyncio.create_task(self._typing(claim.envelope))
         started = asyncio.get_running_loop().time()
@@ -86,7 +95,8 @@ class Dispatcher:
             # The turn has run: a database blip now must not make it run again.
             following = await persist(
                 lambda: commit_turn(self.gw.store.db, claim, record, ttl_seconds=self.gw.config.delivery.ttl_seconds,
-                                    claim_next=None if next_for is None else (next_for, lease)),
+                                    claim_next=None if next_for is None else (next_for, lease),
+                                    next_token=next_token),
                 within=lease, on_trouble=self.gw.note_db_trouble,
             )
             committed = True

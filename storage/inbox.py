@@ -8,6 +8,11 @@ no earlier row of its conversation is still live) and parallelism across
 conversations (``FOR UPDATE SKIP LOCKED``). A claim carries a lease and a
 token; the turn commits only if the token still owns the row, so a worker whose
 lease expired cannot write a second reply.
+
+A claim whose answer is lost with its connection (Postgres restarted just as the
+statement committed) leaves a row claimed for nobody who knows it, and its
+conversation would wait out the lease. The worker keeps the token it sent and
+first asks for that row back (``reclaim``).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ class ClaimedTurn:
     token: str
     attempts: int
     envelope: Envelope
+
+
+def _claimed(row: Any, token: uuid.UUID) -> ClaimedTurn:
+    return ClaimedTurn(inbox_id=str(row["id"]), token=str(token), attempts=row["attempts"],
+                       envelope=Envelope.from_json(row["envelope"]))
 
 
 class InboxRepo:
@@ -67,8 +77,12 @@ class InboxRepo:
             self.db.notify_soon(INBOX_CHANNEL)
         return str(owner), created
 
-    async def claim(self, worker: str, lease_seconds: float) -> ClaimedTurn | None:
-        token = uuid.uuid4()
+    async def claim(
+        self, worker: str, lease_seconds: float, *, token: uuid.UUID | None = None
+    ) -> ClaimedTurn | None:
+        """The oldest claimable row, claimed under ``token`` (a fresh one by default): a caller
+        that may lose the answer passes its own, to ``reclaim`` the row with it."""
+        token = token or uuid.uuid4()
         async with self.db.pool.acquire() as conn:
             row = await conn.fetchrow(
                 """
@@ -92,14 +106,19 @@ class InboxRepo:
                 """,
                 token, worker, lease_seconds,
             )
-        if row is None:
-            return None
-        return ClaimedTurn(
-            inbox_id=str(row["id"]),
-            token=str(token),
-            attempts=row["attempts"],
-            envelope=Envelope.from_json(row["envelope"]),
-        )
+        return None if row is None else _claimed(row, token)
+
+    async def reclaim(self, token: uuid.UUID, lease_seconds: float) -> ClaimedTurn | None:
+        """The row a claim under ``token`` took, if it took one, with a fresh lease: for a
+        claim whose answer was lost. Only live rows are looked at (a small index)."""
+        async with self.db.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "UPDATE inbox SET lease_until = clock_timestamp() + make_interval(secs => $2)"
+                " WHERE status = 'claimed' AND claim_token = $1"
+                " RETURNING id, attempts, envelope",
+                token, lease_seconds,
+            )
+        return None if row is None else _claimed(row, token)
 
     async def renew(self, claim: ClaimedTurn, lease_seconds: float) -> bool:
         async with self.db.pool.acquire() as conn:

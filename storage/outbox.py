@@ -5,6 +5,8 @@ its reply twice. Rows of one destination are delivered in id order: a row is
 claimable only when no earlier live row of its destination exists. A row left
 ``sending`` by a crashed worker is reclaimed after its lease with
 ``was_sending`` set, so the worker can apply the channel's "never twice" rule.
+A claim whose answer was lost is taken back by its token (``reclaim``), as in
+the inbox.
 """
 
 from __future__ import annotations
@@ -57,6 +59,15 @@ def _pairs(skip: list[tuple[str, str]] | None) -> tuple[list[str], list[str]]:
     return [c for c, _ in pairs], [a for _, a in pairs]
 
 
+def _item(row: Any, token: uuid.UUID, *, was_sending: bool) -> OutboxItem:
+    return OutboxItem(
+        id=row["id"], token=str(token), inbox_id=str(row["inbox_id"]) if row["inbox_id"] else None,
+        seq=row["seq"], attempts=row["attempts"], address=ReplyAddress.from_json(row["address"]),
+        reply=Reply.from_json(row["body"]), expires_at=row["expires_at"], was_sending=was_sending,
+        destination=row["destination"],
+    )
+
+
 class OutboxRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -90,11 +101,12 @@ class OutboxRepo:
 
     async def claim(
         self, lease_seconds: float, channels: list[str] | None = None,
-        skip: list[tuple[str, str]] | None = None,
+        skip: list[tuple[str, str]] | None = None, *, token: uuid.UUID | None = None,
     ) -> OutboxItem | None:
         """The next due row, oldest due first; ``skip``: ``(channel, account)`` pairs whose rows
-        are left alone (their shared rate bucket is full for now)."""
-        token = uuid.uuid4()
+        are left alone (their shared rate bucket is full for now). Claimed under ``token``
+        (a fresh one by default; see ``reclaim``)."""
+        token = token or uuid.uuid4()
         skip_channels, skip_accounts = _pairs(skip)
         async with self.db.pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -124,20 +136,21 @@ class OutboxRepo:
                 """,
                 token, lease_seconds, channels, skip_channels, skip_accounts,
             )
-        if row is None:
-            return None
-        return OutboxItem(
-            id=row["id"],
-            token=str(token),
-            inbox_id=str(row["inbox_id"]) if row["inbox_id"] else None,
-            seq=row["seq"],
-            attempts=row["attempts"],
-            address=ReplyAddress.from_json(row["address"]),
-            reply=Reply.from_json(row["body"]),
-            expires_at=row["expires_at"],
-            was_sending=row["prev"] == "sending",
-            destination=row["destination"],
-        )
+        return None if row is None else _item(row, token, was_sending=row["prev"] == "sending")
+
+    async def reclaim(self, token: uuid.UUID, lease_seconds: float) -> OutboxItem | None:
+        """The row a claim under ``token`` took, if it took one, with a fresh lease: for a claim
+        whose answer was lost. Nothing was sent under that claim; but the row may have been
+        'sending' before it (a crashed worker's send), which the lost claim no longer tells,
+        so ``was_sending`` is assumed whenever an earlier attempt was counted."""
+        async with self.db.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "UPDATE outbox SET lease_until = clock_timestamp() + make_interval(secs => $2)"
+                " WHERE status = 'sending' AND claim_token = $1"
+                " RETURNING id, inbox_id, seq, attempts, address, body, expires_at, destination",
+                token, lease_seconds,
+            )
+        return None if row is None else _item(row, token, was_sending=row["attempts"] > 1)
 
     async def next_due_in(self, skip: list[tuple[str, str]] | None = None) -> float | None:
         """Seconds until the earliest claimable pending row is due (None: none); rows of

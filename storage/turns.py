@@ -20,7 +20,7 @@ from gateway.envelope import Envelope
 
 from .audit import RUN_FIELDS
 from .database import Database
-from .inbox import ClaimedTurn, LostClaim
+from .inbox import ClaimedTurn, InboxRepo, LostClaim
 from .notify import HTTP_REPLY_CHANNEL, REQUEST_RESPONSE_CHANNELS
 from .outbox import OUTBOX_CHANNEL, PendingChunk
 from .storable import storable_json_text
@@ -136,6 +136,7 @@ async def commit_turn(
     *,
     ttl_seconds: float,
     claim_next: tuple[str, float] | None = None,
+    next_token: uuid.UUID | None = None,
 ) -> ClaimedTurn | None:
     """Store the turn's outcome; raises ``LostClaim`` (and writes nothing) if the lease was lost.
 
@@ -143,22 +144,35 @@ async def commit_turn(
     claimable row for ``worker`` and returns it (None when there is none). It sees the
     inbox as it was when the statement began: a row admitted meanwhile is left to the
     NOTIFY that announced it.
+
+    Called again after its answer was lost (the connection died as it committed), it finds
+    the turn stored under its own token and returns normally; the row that attempt claimed
+    is handed back when the caller passes the same ``next_token`` both times.
     """
     doc = _document(record.envelope or claim.envelope, record)  # bad run fields raise before any write
     args: list[Any] = [uuid.UUID(claim.inbox_id), uuid.UUID(claim.token), record.status,
                        record.error, storable_json_text(doc), float(ttl_seconds)]
+    token = next_token or uuid.uuid4()
     if claim_next is not None:
-        token = uuid.uuid4()
         args += [token, claim_next[0], float(claim_next[1])]
     async with db.pool.acquire() as conn:
         row = await conn.fetchrow(_COMMIT_ONLY_SQL if claim_next is None else _COMMIT_AND_CLAIM_SQL, *args)
-    if row is None or row["done"] != 1:
-        raise LostClaim(claim.inbox_id)
-    if row["chunks"]:
+        if row is None or row["done"] != 1:
+            # finished under our own token: an earlier call of ours committed; its answer was lost
+            ours = await conn.fetchval("SELECT status <> 'claimed' AND claim_token = $2 FROM inbox"
+                                       " WHERE id = $1", args[0], args[1])
+            if not ours:
+                raise LostClaim(claim.inbox_id)
+            row = None
+    if row is None or row["chunks"]:  # (after a lost answer: whether it stored chunks is not known)
         db.notify_soon(OUTBOX_CHANNEL)
     if claim.envelope.channel in REQUEST_RESPONSE_CHANNELS:
         db.notify_soon(HTTP_REPLY_CHANNEL)  # the handler waiting for this turn's answer
-    if claim_next is None or row["next_id"] is None:
+    if claim_next is None:
+        return None
+    if row is None:
+        return await InboxRepo(db).reclaim(token, float(claim_next[1]))
+    if row["next_id"] is None:
         return None
     return ClaimedTurn(inbox_id=str(row["next_id"]), token=str(token), attempts=row["next_attempts"],
                        envelope=Envelope.from_json(row["next_envelope"]))
