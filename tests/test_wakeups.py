@@ -72,6 +72,7 @@ async def test_idle_workers_do_not_all_claim_on_each_message(soulgate_database_u
                                plugins=[("echo", responder_plugin(echo))]) as h:
         await h.ask("warm up")
         await h.idle()
+        await asyncio.sleep(0.3)  # the warm-up's delivery worker takes its look after the send
         claims = sends = 0
 
         def count(record: Any) -> None:
