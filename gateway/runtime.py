@@ -23,7 +23,7 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import ValidationError
 
-from storage import Database, PendingChunk, Store, listen_forever, start_embedded
+from storage import Database, PendingChunk, Store, keep_queue_stats_fresh, listen_forever, start_embedded
 
 from .adapter import Adapter, AdapterSpec, AdmitResult, WebHandler
 from .config import Config, format_validation_error
@@ -288,6 +288,8 @@ class Gateway:
             "soulgate_outbox": self.wakeups.outbox.set,
         }), name="listen"))
         if self.role in ("all", "worker"):
+            # the claims' cached plans must not stay those of an empty table (storage/planner_stats.py)
+            self._tasks.append(asyncio.create_task(keep_queue_stats_fresh(self.store.db), name="queue-stats"))
             self._start_workers()
         if self.role in ("all", "ingress"):
             for adapter in self.adapters.values():

@@ -15,6 +15,7 @@ from .inbox import INBOX_CHANNEL, ClaimedTurn, InboxRepo, LostClaim
 from .memories import MemoryRepo
 from .notify import listen_forever
 from .outbox import OUTBOX_CHANNEL, OutboxItem, OutboxRepo, PendingChunk
+from .planner_stats import analyze_stale_queue_tables, keep_queue_stats_fresh
 from .ratelimit import RateLimiter
 from .replies import HTTP_REPLY_CHANNEL, RepliesRepo, TurnProgress
 from .runs import RunsRepo
@@ -44,11 +45,13 @@ __all__ = [
     "Store",
     "TurnProgress",
     "TurnRecord",
+    "analyze_stale_queue_tables",
     "commit_turn",
     "connection_trouble",
     "create_database",
     "drop_database",
     "hide_password",
+    "keep_queue_stats_fresh",
     "leadership",
     "listen_forever",
     "start_embedded",
