@@ -125,6 +125,11 @@ class AdapterContext(Protocol):
         """
         ...
 
+    def leads(self, name: str) -> bool:
+        """Whether :meth:`run_as_leader` of ``name`` is running its body here right now
+        (for status pages: "this instance polls the bot")."""
+        ...
+
     async def get_state(self, key: str) -> Any:
         """Adapter state kept in Postgres (poll offsets, IMAP watermarks); None if unset."""
         ...

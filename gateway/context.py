@@ -111,6 +111,7 @@ class AdapterContextImpl:
         self.instance_id = gw.instance_id
         self.services = gw.services
         self.log = logging.getLogger(f"soulgate.adapters.{adapter.channel}.{adapter.account}")
+        self._leading: set[str] = set()  # names run_as_leader holds right now
 
     async def admit(self, envelope: Envelope) -> AdmitResult:
         return await self._gw.admit(envelope)
@@ -161,7 +162,14 @@ class AdapterContextImpl:
 
     async def _lead(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
         async with self.leadership(name):
-            await body()
+            self._leading.add(name)
+            try:
+                await body()
+            finally:
+                self._leading.discard(name)
+
+    def leads(self, name: str) -> bool:
+        return name in self._leading
 
     def _leader_failed(self, name: str, exc: Exception, on_error: Callable[[Exception], None] | None) -> None:
         if on_error is None:

@@ -86,13 +86,16 @@ async def test_the_other_instance_takes_over_when_the_leaders_body_ends(soulgate
         run_b = asyncio.create_task(ctx_b.run_as_leader("poller:x", b))
         await asyncio.sleep(0.5)
         assert b.runs == 0  # one leader at a time
+        assert ctx_a.leads("poller:x") and not ctx_b.leads("poller:x") and not ctx_a.leads("poller:other")
 
         a.finish.set()
         await asyncio.wait_for(run_a, 5)  # the body is done: run_as_leader returns, the lock is free
         await asyncio.wait_for(b.running.wait(), 15)
         assert order == ["a starts", "a ends", "b starts"]
+        assert ctx_b.leads("poller:x") and not ctx_a.leads("poller:x")
         await stop(run_b)
         assert b.cancelled == 1 and a.runs == 1
+        assert not ctx_b.leads("poller:x")  # stopped: no longer leading
 
 
 async def test_a_leader_whose_lock_connection_dies_is_cancelled_and_stands_by(
@@ -113,6 +116,7 @@ async def test_a_leader_whose_lock_connection_dies_is_cancelled_and_stands_by(
         assert any("lost leadership of poller:y" in r.getMessage() for r in caplog.records)
         assert not run_a.done()  # a stands by to lead again
         assert not a.running.is_set() and b.runs == 1
+        assert not ctx_a.leads("poller:y") and ctx_b.leads("poller:y")  # a's status follows the lock
 
         await stop(run_b)  # b stops: its lock is released, a takes over again
         await asyncio.wait_for(a.running.wait(), 15)

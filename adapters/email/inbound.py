@@ -66,7 +66,7 @@ class MailboxWatcher:
     def __init__(self, ctx: AdapterContext, config: EmailConfig, account: str, intake: Intake) -> None:
         self.ctx, self.config, self.account, self.intake = ctx, config, account, intake
         self.mailbox = config.imap.mailbox
-        self.leading = self.connected = self.idling = False
+        self.connected = self.idling = False
         self.polls = self.connects = 0
         self.last_error: str | None = None
         self.last_poll_at: float | None = None
@@ -93,15 +93,13 @@ class MailboxWatcher:
     # -- leadership and reconnects -----------------------------------------------------------
 
     async def _run(self) -> None:
-        await self.ctx.run_as_leader(f"email:{self.account}", self._lead_flagged,
+        await self.ctx.run_as_leader(f"email:{self.account}", self._lead,
                                      on_error=self._failed, backoff=1.0, max_backoff=30.0)
 
-    async def _lead_flagged(self) -> None:
-        self.leading = True
-        try:
-            await self._lead()
-        finally:
-            self.leading = False
+    @property
+    def leading(self) -> bool:
+        """This instance watches the mailbox right now."""
+        return self.ctx.leads(f"email:{self.account}")
 
     def _failed(self, exc: Exception) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"

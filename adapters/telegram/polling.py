@@ -68,7 +68,6 @@ class Poller:
         self.ingest, self.prepare = ingest, prepare
         self.timeout, self.allowed_updates = timeout, allowed_updates
         self.scrub = scrub  # error texts may quote a URL, and a Bot API URL holds the token
-        self.leading = False
         self.polls = 0
         self.conflicts = 0
         self.last_error: str | None = None
@@ -94,15 +93,17 @@ class Poller:
             await task
 
     async def _run(self) -> None:
-        await self.ctx.run_as_leader(f"telegram:{self.bot_id}", self._lead_flagged,
+        await self.ctx.run_as_leader(self._leadership, self._lead,
                                      on_error=self._failed, backoff=2.0, max_backoff=30.0)
 
-    async def _lead_flagged(self) -> None:
-        self.leading = True
-        try:
-            await self._lead()
-        finally:
-            self.leading = False
+    @property
+    def _leadership(self) -> str:
+        return f"telegram:{self.bot_id}"
+
+    @property
+    def leading(self) -> bool:
+        """This instance polls the bot right now."""
+        return self.ctx.leads(self._leadership)
 
     def _failed(self, exc: Exception) -> None:
         # Our own log lines, scrubbed: an error text may quote a Bot API URL, which holds the token.
