@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from storage import OutboxItem, connection_trouble
 
 from .adapter import Adapter, RateLimit, SendResult
+from .claims import Claimer
 from .errors import OutcomeUnknown, PermanentDeliveryError, RetryAfter
 from .pacing import Pacer
 from .persist import persist
@@ -53,23 +54,17 @@ class Deliverer:
         wake = self.gw.wakeups.outbox
         idle = self.gw.config.workers.idle_poll_seconds
         lease = self.gw.config.workers.lease_seconds
-        unanswered: uuid.UUID | None = None  # the token of a claim whose answer was lost
+        outbox = self.gw.store.outbox
+        claimer: Claimer[OutboxItem] = Claimer(lambda token: outbox.reclaim(token, lease))
         while not self.gw.stopping.is_set():
             wake.clear()
             skip = self.pacer.skipped()
-            token, item = unanswered or uuid.uuid4(), None
             try:
-                if unanswered is not None:  # it may have claimed a row, which nobody else may send
-                    item = await self.gw.store.outbox.reclaim(unanswered, lease)
-                if item is None:
-                    item = await self.gw.store.outbox.claim(lease, self.gw.delivery_channels(), skip,
-                                                            token=token)
+                item = await claimer.claim(partial(outbox.claim, lease, self.gw.delivery_channels(), skip))
             except Exception as exc:
-                unanswered = token
                 self.gw.note_db_trouble(exc)
                 await asyncio.sleep(min(idle, 1.0))
                 continue
-            unanswered = None
             if item is None:
                 try:
                     due = await self.gw.store.outbox.next_due_in(skip)

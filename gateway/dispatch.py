@@ -14,10 +14,12 @@ import asyncio
 import logging
 import uuid
 from contextlib import suppress
+from functools import partial
 from typing import TYPE_CHECKING
 
 from storage import ClaimedTurn, LostClaim, PendingChunk, TurnRecord, commit_turn
 
+from .claims import Claimer
 from .envelope import Envelope, Reply
 from .errors import PluginError
 from .persist import persist
@@ -46,23 +48,18 @@ class Dispatcher:
         wake = self.gw.wakeups.inbox
         claim: ClaimedTurn | None = None
         chained = False  # the last commit looked for a next row already (and found none)
-        unanswered: uuid.UUID | None = None  # the token of a claim whose answer was lost
+        inbox = self.gw.store.inbox
+        claimer: Claimer[ClaimedTurn] = Claimer(lambda token: inbox.reclaim(token, cfg.lease_seconds))
         while claim is not None or not self.gw.stopping.is_set():
             if claim is None:
                 if not chained:
                     wake.clear()  # before claiming, so a notify during the claim is not lost
-                    token = unanswered or uuid.uuid4()
                     try:
-                        if unanswered is not None:  # it may have claimed a row: that one first
-                            claim = await self.gw.store.inbox.reclaim(unanswered, cfg.lease_seconds)
-                        if claim is None:
-                            claim = await self.gw.store.inbox.claim(name, cfg.lease_seconds, token=token)
+                        claim = await claimer.claim(partial(inbox.claim, name, cfg.lease_seconds))
                     except Exception as exc:
-                        unanswered = token
                         self.gw.note_db_trouble(exc)
                         await asyncio.sleep(min(cfg.idle_poll_seconds, 1.0))
                         continue
-                    unanswered = None
                     self.gw.note_db_ok()
                 if claim is None:
                     chained = False
