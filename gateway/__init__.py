@@ -5,6 +5,7 @@ of this surface; plugins reach them only through :class:`Services`.
 """
 
 from .adapter import (
+    TYPING_SHOWN,
     Adapter,
     AdapterContext,
     AdapterSpec,
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PLUGIN_API_VERSION",
+    "TYPING_SHOWN",
     "Adapter",
     "AdapterContext",
     "AdapterSpec",

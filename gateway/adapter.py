@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .services import Services
 
 __all__ = [
+    "TYPING_SHOWN",
     "Adapter",
     "AdapterContext",
     "AdapterSpec",
@@ -37,6 +38,11 @@ __all__ = [
 
 DeliveryPolicy = Literal["never_twice", "never_lost"]
 WebHandler = Callable[[Any], Awaitable[Any]]  # aiohttp.web.Request -> aiohttp.web.StreamResponse
+
+#: ``Reply.meta`` key the gateway sets (to True) on every chunk of a turn during which
+#: ``typing`` was called: whichever instance sends the chunk can then clear a hint that
+#: does not expire by itself (Slack's reaction), though another instance showed it.
+TYPING_SHOWN = "typing_shown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +215,12 @@ class Adapter(abc.ABC):
         return []
 
     async def typing(self, address: ReplyAddress) -> None:  # noqa: B027 - optional
-        """Show a "working on it" hint (typing action, reaction); best effort."""
+        """Show a "working on it" hint (typing action, reaction); best effort.
+
+        Called half a second into a turn, then every 4 s until its replies are rendered.
+        A hint that lasts (a reaction) is for ``send`` to clear: the chunks of such a turn
+        carry ``reply.meta[TYPING_SHOWN]``, and they may be sent by another instance.
+        """
 
     async def fetch_attachment(self, attachment: Attachment, *, max_bytes: int | None = None) -> bytes:
         """The bytes of an inbound attachment (``attachment.ref``), downloaded on demand.

@@ -14,11 +14,13 @@ import asyncio
 import logging
 import uuid
 from contextlib import suppress
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
 from storage import ClaimedTurn, LostClaim, PendingChunk, TurnRecord, commit_turn
 
+from .adapter import TYPING_SHOWN
 from .claims import Claimer
 from .envelope import Envelope, Reply
 from .errors import PluginError
@@ -35,6 +37,18 @@ __all__ = ["GENERIC_ERROR", "Dispatcher"]
 log = logging.getLogger("soulgate.dispatch")
 GENERIC_ERROR = "Sorry, something went wrong while handling your message. Please try again later."
 HISTORY_LIMIT = 50
+
+
+@dataclass(slots=True)
+class TypingHint:
+    """Whether a turn showed the "working on it" hint, for the chunks it renders.
+
+    ``closed`` once the replies are being rendered: a hint shown after that would be
+    missing from the chunks' meta, and nobody would clear a lasting one.
+    """
+
+    shown: bool = False
+    closed: bool = False
 
 
 class Dispatcher:
@@ -83,12 +97,13 @@ class Dispatcher:
         lease = self.gw.config.workers.lease_seconds
         next_token = uuid.uuid4()  # the same for every try of the commit (see commit_turn)
         renewer = asyncio.create_task(self._renew(claim, lease))
-        typing = asyncio.create_task(self._typing(claim.envelope))
+        hint = TypingHint()
+        typing = asyncio.create_task(self._typing(claim.envelope, hint))
         started = asyncio.get_running_loop().time()
         following: ClaimedTurn | None = None
         committed = False
         try:
-            record = await self.build_record(claim)
+            record = await self.build_record(claim, hint)
             # The turn has run: a database blip now must not make it run again.
             following = await persist(
                 lambda: commit_turn(self.gw.store.db, claim, record, ttl_seconds=self.gw.config.delivery.ttl_seconds,
@@ -120,25 +135,29 @@ class Dispatcher:
             with suppress(Exception):
                 await self.gw.store.inbox.renew(claim, lease)
 
-    async def _typing(self, env: Envelope) -> None:
+    async def _typing(self, env: Envelope, hint: TypingHint) -> None:
         adapter = self.gw.adapters.get((env.channel, env.account))
         if adapter is None or not env.addressed:
             return
         await asyncio.sleep(0.5)  # quick answers need no typing hint
-        while True:
+        while not hint.closed:
+            hint.shown = True  # before the call: a hint that may have reached the platform counts
             with suppress(Exception):
                 await adapter.typing(env.reply_to)
             await asyncio.sleep(4.0)
 
     # -- one turn ----------------------------------------------------------------
 
-    async def build_record(self, claim: ClaimedTurn) -> TurnRecord:
+    async def build_record(self, claim: ClaimedTurn, hint: TypingHint | None = None) -> TurnRecord:
+        """Run the turn and collect what it produced (nothing is written here). ``hint``:
+        the turn's typing hint, which its chunks then report (``TYPING_SHOWN``)."""
         env = claim.envelope
         record = TurnRecord()
+        hint = hint or TypingHint()
         if claim.attempts > self.gw.config.workers.max_turn_attempts:
             record.status, record.error = "failed", f"gave up after {claim.attempts - 1} attempts"
             record.audit.append(("turn_failed", None, {"attempts": claim.attempts - 1}))
-            await self._add_replies(record, env, [Reply(text=GENERIC_ERROR)])
+            await self._add_replies(record, env, [Reply(text=GENERIC_ERROR)], hint)
             return record
 
         filtered, dropped_by = await self.gw.plugins.call_chain(
@@ -153,7 +172,7 @@ class Dispatcher:
         command = parse_command(env.text)
         if command is not None:
             replies = await self._run_command(env, *command, record)
-            await self._add_replies(record, env, replies)
+            await self._add_replies(record, env, replies, hint)
             return record
 
         route = resolve_route(env, self.gw.config.routes, self.gw.config.agents.default)
@@ -170,7 +189,7 @@ class Dispatcher:
             record.history.extend(("assistant", r.text, {}) for r in result.replies)
         record.audit.extend((a.kind, a.plugin, a.detail) for a in result.audit)
         record.runs.extend(result.runs)
-        await self._add_replies(record, env, result.replies)
+        await self._add_replies(record, env, result.replies, hint)
         return record
 
     async def _run_command(
@@ -215,8 +234,11 @@ class Dispatcher:
             await self.gw.plugins.report(plugin, "respond", exc, env)
             return TurnResult(replies=[Reply(text=GENERIC_ERROR)])
 
-    async def _add_replies(self, record: TurnRecord, env: Envelope, replies: list[Reply]) -> None:
+    async def _add_replies(
+        self, record: TurnRecord, env: Envelope, replies: list[Reply], hint: TypingHint
+    ) -> None:
         adapter = self.gw.adapters.get((env.channel, env.account))
+        hint.closed = True
         for reply in replies:
             reply, _ = await self.gw.plugins.call_chain(
                 "soulgate_reply", "reply", reply, envelope=env, services=self.gw.services
@@ -226,6 +248,8 @@ class Dispatcher:
             if reply.in_reply_to is None:
                 reply = Reply(text=reply.text, attachments=reply.attachments, in_reply_to=env.id, meta=reply.meta)
             chunks = adapter.render(reply) if adapter is not None else [reply]
+            if hint.shown:
+                chunks = [replace(c, meta={**c.meta, TYPING_SHOWN: True}) for c in chunks]
             for chunk in chunks:
                 record.chunks.append(
                     PendingChunk(

@@ -33,6 +33,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncConnectionErrorRetr
 from slack_sdk.web.async_client import AsyncWebClient
 
 from gateway import (
+    TYPING_SHOWN,
     OutcomeUnknown,
     PermanentDeliveryError,
     RateLimit,
@@ -172,8 +173,9 @@ class SlackOutbound:
     def __init__(self, cfg: SlackConfig, api: WebApi) -> None:
         self.cfg = cfg
         self.api = api
-        # Messages this instance reacted to, so the reaction is added once and
-        # removed only where it was added (a bounded memory, not a source of truth).
+        # Messages this instance reacted to, so the reaction is added once (a bounded
+        # memory, not a source of truth: the instance that sends the answer may be another
+        # one, which learns of the reaction from the chunk's TYPING_SHOWN mark).
         self._reacted: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def rate_limits(self, address: ReplyAddress) -> list[RateLimit]:
@@ -202,7 +204,7 @@ class SlackOutbound:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise OutcomeUnknown(f"no answer from Slack ({type(exc).__name__}: {exc})") from exc
         if reply.meta.get("slack_part") == reply.meta.get("slack_parts"):
-            await self._unreact(address)
+            await self._unreact(address, shown_for_this=bool(reply.meta.get(TYPING_SHOWN)))
         return SendResult(
             platform_message_id=str(response.get("ts") or "") or None,
             extra={"channel": response.get("channel")},
@@ -224,11 +226,16 @@ class SlackOutbound:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug("reactions.add failed: %s", exc)
 
-    async def _unreact(self, address: ReplyAddress) -> None:
+    async def _unreact(self, address: ReplyAddress, *, shown_for_this: bool) -> None:
+        """Take the reaction back after the answer's last chunk, if this instance added it or
+        the turn's chunks say it was shown (``TYPING_SHOWN``: perhaps by another instance)."""
         key = self._reaction_key(address)
-        if key is None or not self.cfg.remove_ack_reaction or key not in self._reacted:
+        if key is None or not self.cfg.remove_ack_reaction:
             return
-        del self._reacted[key]
+        reacted_here = key in self._reacted
+        self._reacted.pop(key, None)
+        if not (reacted_here or shown_for_this):
+            return
         try:
             await self.api.client().reactions_remove(channel=key[0], timestamp=key[1], name=self.cfg.ack_reaction)
         except (SlackApiError, TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -342,6 +342,42 @@ async def test_ack_reaction_while_working(soulgate_database_url: str, fake_slack
             ("add", "C0GENERAL", mention["ts"], "eyes"), ("remove", "C0GENERAL", mention["ts"], "eyes")]
 
 
+async def test_ack_reaction_removed_by_the_instance_that_sends(
+    soulgate_database_url: str, fake_slack: FakeSlack
+) -> None:
+    """A rolling restart: instance A runs the turn (and reacts) but stops before delivering;
+    instance B sends the answer and must take A's reaction back."""
+    async def slow(turn: Turn) -> TurnResult:
+        await asyncio.sleep(1.2)  # the gateway shows "working" after 0.5 s
+        return TurnResult(replies=[Reply(text="done")])
+
+    mention = app_mention_event("<@U0BOT> think hard")
+    async with slack_gateway(soulgate_database_url, {"main": account(fake_slack)}, Recorder(slow)) as a:
+        assert await post(a, mention) == 200
+        await fake_slack.wait_for_reactions(1, timeout=10)
+        # leaving the block stops A: the turn finishes and commits, its delivery workers are gone
+    assert fake_slack.reaction_log == [("add", "C0GENERAL", mention["ts"], "eyes")]
+    assert not fake_slack.posts
+    async with slack_gateway(soulgate_database_url, {"main": account(fake_slack)}) as b:
+        await fake_slack.wait_for_posts("C0GENERAL", timeout=10)
+        await b.idle()
+        rows = await b.gateway.store.db.fetch("SELECT body FROM outbox")
+        assert [r["body"]["meta"].get("typing_shown") for r in rows] == [True]
+    assert [p.text for p in fake_slack.posts] == ["done"]
+    assert fake_slack.reaction_log == [
+        ("add", "C0GENERAL", mention["ts"], "eyes"), ("remove", "C0GENERAL", mention["ts"], "eyes")]
+
+
+async def test_quick_answer_shows_no_reaction(soulgate_database_url: str, fake_slack: FakeSlack) -> None:
+    async with slack_gateway(soulgate_database_url, {"main": account(fake_slack)}) as h:
+        assert await post(h, app_mention_event("<@U0BOT> quick")) == 200
+        await fake_slack.wait_for_posts("C0GENERAL", timeout=10)
+        await h.idle()
+        rows = await h.gateway.store.db.fetch("SELECT body FROM outbox")
+        assert [r["body"]["meta"].get("typing_shown") for r in rows] == [None]
+    assert fake_slack.reaction_log == []
+
+
 async def test_several_workspaces_at_once(soulgate_database_url: str) -> None:
     second = Workspace(token="xoxb-second", team_id="T0SECOND", user_id="U0BOT2", bot_id="B0BOT2")
     async with start_fake_slack([Workspace(), second]) as fake:

@@ -310,6 +310,12 @@ class FakeSlack:
             return posts if len(posts) >= count else None
         return await self._wait(probe, timeout, f"{count} post(s) in {channel}")
 
+    async def wait_for_reactions(self, count: int = 1, timeout: float = 5.0) -> list[tuple[str, str, str, str]]:
+        """Wait until ``reaction_log`` holds at least ``count`` adds and removes; return it."""
+        def probe() -> list[tuple[str, str, str, str]] | None:
+            return list(self.reaction_log) if len(self.reaction_log) >= count else None
+        return await self._wait(probe, timeout, f"{count} reaction change(s)")
+
     # ------------------------------------------------------------------ Web API
     async def _api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
