@@ -140,8 +140,10 @@ class AdapterContext(Protocol):
         """Adapter state kept in Postgres (poll offsets, IMAP watermarks); None if unset."""
         ...
 
-    async def set_state(self, key: str, value: Any) -> None:
-        """Store adapter state (JSON-serializable)."""
+    async def set_state(self, key: str, value: Any, *, expires_in: float | None = None) -> None:
+        """Store adapter state (JSON-serializable). With ``expires_in`` (seconds) it reads as
+        unset after that long and is deleted later: for state kept per message or per thread,
+        which would otherwise grow forever. ``ValueError`` unless it is positive (or None)."""
         ...
 
     async def audit(self, kind: str, detail: dict[str, Any], envelope: Envelope | None = None) -> None:

@@ -183,8 +183,8 @@ class AdapterContextImpl:
     async def get_state(self, key: str) -> Any:
         return await self._gw.store.state.get(self._key(key))
 
-    async def set_state(self, key: str, value: Any) -> None:
-        await self._gw.store.state.set(self._key(key), value)
+    async def set_state(self, key: str, value: Any, *, expires_in: float | None = None) -> None:
+        await self._gw.store.state.set(self._key(key), value, expires_in=expires_in)
 
     def _key(self, key: str) -> str:
         return f"adapter:{self._adapter.channel}:{self._adapter.account}:{key}"

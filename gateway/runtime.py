@@ -23,7 +23,15 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import ValidationError
 
-from storage import Database, PendingChunk, Store, keep_queue_stats_fresh, listen_forever, start_embedded
+from storage import (
+    Database,
+    PendingChunk,
+    Store,
+    keep_queue_stats_fresh,
+    keep_state_pruned,
+    listen_forever,
+    start_embedded,
+)
 
 from .adapter import Adapter, AdapterSpec, AdmitResult, WebHandler
 from .config import Config, format_validation_error
@@ -290,6 +298,8 @@ class Gateway:
         if self.role in ("all", "worker"):
             # the claims' cached plans must not stay those of an empty table (storage/planner_stats.py)
             self._tasks.append(asyncio.create_task(keep_queue_stats_fresh(self.store.db), name="queue-stats"))
+            # adapter state written with an expiry (storage/state.py) is deleted once it expired
+            self._tasks.append(asyncio.create_task(keep_state_pruned(self.store.db), name="state-prune"))
             self._start_workers()
         if self.role in ("all", "ingress"):
             for adapter in self.adapters.values():

@@ -19,7 +19,7 @@ from .planner_stats import analyze_stale_queue_tables, keep_queue_stats_fresh
 from .ratelimit import RateLimiter
 from .replies import HTTP_REPLY_CHANNEL, RepliesRepo, TurnProgress
 from .runs import RunsRepo
-from .state import StateRepo, leadership
+from .state import StateRepo, keep_state_pruned, leadership, prune_expired_state
 from .turns import TurnRecord, commit_turn
 
 __all__ = [
@@ -52,8 +52,10 @@ __all__ = [
     "drop_database",
     "hide_password",
     "keep_queue_stats_fresh",
+    "keep_state_pruned",
     "leadership",
     "listen_forever",
+    "prune_expired_state",
     "start_embedded",
 ]
 

@@ -1,9 +1,16 @@
-"""Small durable key/value state, and cluster-wide leadership by advisory lock."""
+"""Small durable key/value state, and cluster-wide leadership by advisory lock.
+
+A value may be stored with an expiry (``expires_in`` seconds): state that only matters
+for a while, like a kept mail attachment or the root of a multi-chunk post, would
+otherwise pile up one row per message forever. An expired row reads as absent at once,
+and :func:`prune_expired_state` (run by the worker instances) deletes it later.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -13,7 +20,7 @@ import asyncpg
 from .database import Database
 from .storable import storable_text
 
-__all__ = ["StateRepo", "leadership"]
+__all__ = ["StateRepo", "keep_state_pruned", "leadership", "prune_expired_state"]
 
 log = logging.getLogger("soulgate.storage")
 
@@ -27,15 +34,23 @@ class StateRepo:
 
     async def get(self, key: str) -> Any:
         async with self.db.pool.acquire() as conn:
-            return await conn.fetchval("SELECT value FROM kv_state WHERE key = $1", storable_text(key))
+            return await conn.fetchval(
+                "SELECT value FROM kv_state WHERE key = $1 AND (expires_at IS NULL OR expires_at > now())",
+                storable_text(key))
 
-    async def set(self, key: str, value: Any) -> None:
+    async def set(self, key: str, value: Any, *, expires_in: float | None = None) -> None:
+        """Store ``value`` under ``key``; with ``expires_in`` (seconds, > 0) it reads as absent
+        after that long, and is deleted later. Without it, the value is kept until overwritten."""
+        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, int | float)
+                                       or not math.isfinite(expires_in) or expires_in <= 0):
+            raise ValueError(f"expires_in must be a positive number of seconds or None, not {expires_in!r}")
         key = storable_text(key)
         async with self.db.pool.acquire() as conn:
             await conn.execute(
-                "INSERT INTO kv_state (key, value) VALUES ($1, $2) ON CONFLICT (key)"
-                " DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                key, value,
+                "INSERT INTO kv_state (key, value, expires_at) VALUES ($1, $2,"
+                " now() + make_interval(secs => $3::float8)) ON CONFLICT (key)"
+                " DO UPDATE SET value = EXCLUDED.value, updated_at = now(), expires_at = EXCLUDED.expires_at",
+                key, value, None if expires_in is None else float(expires_in),
             )
 
     async def set_if_absent(self, key: str, value: Any) -> Any:
@@ -47,6 +62,34 @@ class StateRepo:
                 key, value,
             )
             return await conn.fetchval("SELECT value FROM kv_state WHERE key = $1", key)
+
+
+async def prune_expired_state(db: Database, *, batch: int = 1000) -> int:
+    """Delete expired state rows, ``batch`` at a time (short transactions); returns how many."""
+    total = 0
+    while True:
+        async with db.pool.acquire() as conn:
+            status = await conn.execute(
+                "DELETE FROM kv_state WHERE key IN (SELECT key FROM kv_state WHERE expires_at <= now()"
+                " LIMIT $1 FOR UPDATE SKIP LOCKED)", batch)
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+async def keep_state_pruned(db: Database, *, every: float = 600.0) -> None:
+    """Run :func:`prune_expired_state` every ``every`` seconds, for as long as the task lives.
+    Several instances may run it at once: each row is deleted by one of them."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            deleted = await prune_expired_state(db)
+        except Exception as exc:  # the database is away: next time
+            log.debug("pruning expired adapter state failed: %s", exc)
+            continue
+        if deleted:
+            log.info("deleted %d expired adapter state rows", deleted)
 
 
 @asynccontextmanager

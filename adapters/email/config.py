@@ -161,6 +161,8 @@ class EmailConfig(BaseModel):
     max_message_bytes: int = Field(default=25 * MiB, ge=1024)
     #: attachments larger than this are listed but their bytes are not kept
     max_attachment_bytes: int = Field(default=10 * MiB, ge=0)
+    #: days the kept attachments' bytes stay fetchable (``fetch_attachment``) after the mail came
+    keep_attachments_days: float = Field(default=30.0, gt=0, le=36_500)
     #: at most this many attachments of one mail are kept
     max_attachments: int = Field(default=20, ge=0)
     #: the raw message is kept in the inbox row (``raw.source``) up to this size

@@ -142,7 +142,7 @@ class Intake:
             if att.data is not None:
                 await self.ctx.set_state(f"att:{attachment_key(key, i)}", {
                     "name": att.name, "mime": att.mime, "data_b64": base64.b64encode(att.data).decode("ascii"),
-                })
+                }, expires_in=self.config.keep_attachments_days * 86_400)
 
     # -- the per-sender and per-thread caps -------------------------------------------------
 
@@ -166,4 +166,5 @@ class Intake:
     async def _count(self, sender: str, conversation: str) -> None:
         for kind, value in (("sender", sender), ("thread", conversation)):
             key, stamps = await self._stamps(kind, value)
-            await self.ctx.set_state(key, [*stamps, time.time()])
+            # stamps older than the window are ignored anyway: the row may go with them
+            await self.ctx.set_state(key, [*stamps, time.time()], expires_in=self.config.rate_window_seconds)

@@ -18,7 +18,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "ThreadMap", "bare_id", "conversation_token", "new_message_tag", "our_message_id", "ours",
@@ -27,9 +27,17 @@ __all__ = [
 
 _PREFIX = re.compile(r"^\s*((re|aw|sv|antw|odp|vs|ref|r)\s*(\[\d+\]|\(\d+\))?\s*:\s*)+", re.IGNORECASE)
 MAX_REFERENCES = 20
+#: how long a Message-ID's conversation (and whether it was handled) is remembered; a reply
+#: to an older mail still finds its thread through References or our answers' ids
+MESSAGE_IDS_KEPT_SECONDS = 180 * 86_400.0
 
 Getter = Callable[[str], Awaitable[Any]]
-Setter = Callable[[str, Any], Awaitable[None]]
+
+
+class Setter(Protocol):
+    """``AdapterContext.set_state``'s shape."""
+
+    async def __call__(self, key: str, value: Any, *, expires_in: float | None = None) -> None: ...
 
 
 def bare_id(message_id: str) -> str:
@@ -106,7 +114,8 @@ class ThreadMap:
 
     async def remember(self, message_id: str, conversation: str, *, ours: bool = False,
                        handled: str = "admitted") -> None:
-        await self._set(_key(message_id), {"conversation": conversation, "ours": ours, "handled": handled})
+        await self._set(_key(message_id), {"conversation": conversation, "ours": ours, "handled": handled},
+                        expires_in=MESSAGE_IDS_KEPT_SECONDS)
 
     async def conversation_for(self, *, message_id: str | None, in_reply_to: list[str],
                                references: list[str], fallback: str) -> str:

@@ -33,6 +33,9 @@ __all__ = ["SlackAdapter"]
 
 log = logging.getLogger("soulgate.adapters.slack")
 _THREAD_MEMORY = 4096
+#: how long a thread the bot was called into stays one it answers without a mention
+#: (in adapter state; an older thread needs a mention again, which renews it)
+THREADS_KEPT_SECONDS = 90 * 86_400.0
 
 
 class SlackAdapter(Adapter):
@@ -144,7 +147,7 @@ class SlackAdapter(Adapter):
         # The bot is called into this thread: later replies in it need no mention.
         key = f"thread:{team}:{channel}:{thread_ts}"
         if key not in self._threads:
-            await ctx.set_state(key, True)
+            await ctx.set_state(key, True, expires_in=THREADS_KEPT_SECONDS)
             self._remember(key)
 
     def _remember(self, key: str) -> None:

@@ -46,6 +46,9 @@ TEAMS_LIMITS: tuple[tuple[int, float], ...] = ((7, 1.0), (60, 30.0), (1800, 3600
 STYLE_META = "teams_reply_style"
 #: inline (base64) images larger than this would push the activity past Teams' size cap
 INLINE_IMAGE_BYTES = 48 * 1024
+#: how long the root of a multi-chunk top-level post is remembered: its later chunks are
+#: sent within the outbox TTL (a day by default), so a week leaves room for a longer one
+POST_ROOTS_KEPT_SECONDS = 7 * 86_400.0
 _BEARER = re.compile(r"Bearer [^\s]+")
 _DEV_BANNER = (
     "INSECURE DEV MODE: Teams account %r has no app_id; requests to %s are NOT authenticated and "
@@ -262,7 +265,7 @@ class TeamsAdapter(Adapter):
             conversation["id"] = f"{base};messageid={root}" if root else base
         message_id = await bf.send({**reference, "conversation": conversation}, self._activity(reply))
         if state is not None and index == 0 and message_id:
-            await state.set_state(f"post:{group}", message_id)
+            await state.set_state(f"post:{group}", message_id, expires_in=POST_ROOTS_KEPT_SECONDS)
         self.counts["sent"] += 1
         return SendResult(platform_message_id=message_id, extra={"conversation_id": conversation["id"]})
 

@@ -19,6 +19,7 @@ from gateway import AdmitResult, Envelope, Turn, TurnResult
 from gateway.config import Config
 from gateway.testing import GatewayHarness, running_gateway, test_config
 from gateway.testing.recorder import RecordingResponder
+from storage import prune_expired_state
 from tests.fakes import mailmessages as mm
 from tests.fakes import mailserver
 from tests.fakes.mailserver import FakeImapServer, FakeSmtpServer, ReceivedMail, SmtpMode, start_smtp_server
@@ -477,6 +478,15 @@ async def test_mail_formats_are_read(
         assert segment.attachment is not None and segment.attachment.name == "Bericht über.pdf"
         assert (segment.attachment.mime, segment.attachment.size) == ("application/pdf", len(pdf))
         assert await h.services.fetch_attachment(att, segment.attachment) == pdf
+        # the bytes are kept for keep_attachments_days (30), then no longer
+        [kept] = await h.gateway.store.db.fetch(
+            "SELECT key, expires_at - now() AS left FROM kv_state WHERE key LIKE 'adapter:email:%:att:' || $1",
+            segment.attachment.ref)
+        assert 29.9 < kept["left"].total_seconds() / 86_400 <= 30
+        await h.gateway.store.db.fetch("UPDATE kv_state SET expires_at = now() WHERE key = $1", kept["key"])
+        with pytest.raises(ValueError, match="no longer stored"):
+            await h.services.fetch_attachment(att, segment.attachment)
+        assert await prune_expired_state(h.gateway.store.db) == 1
         assert "Readable text before the breakage." in envs["wrong_boundary"].text
         assert envs["wrong_boundary"].raw["defects"]
         assert "Body after broken headers." in envs["bad_headers"].text

@@ -187,7 +187,7 @@ async def test_thread_map_prefers_the_parent_and_knows_our_ids() -> None:
     async def get(key: str) -> Any:
         return store.get(key)
 
-    async def set_(key: str, value: Any) -> None:
+    async def set_(key: str, value: Any, *, expires_in: float | None = None) -> None:
         store[key] = value
 
     threads = ThreadMap(get, set_, "example.org")

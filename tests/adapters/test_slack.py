@@ -123,6 +123,10 @@ async def test_mention_answered_in_thread_and_thread_reply_continues(
         assert await post(h, follow) == 200
         posts = await fake_slack.wait_for_posts("C0GENERAL", 2, thread_ts=mention["ts"])
         assert posts[1].text == "echo: and then? (2 earlier)"
+        # the membership is remembered for 90 days (adapter state with an expiry)
+        [kept] = await h.gateway.store.db.fetch(
+            "SELECT expires_at - now() AS left FROM kv_state WHERE key LIKE 'adapter:slack:main:thread:%'")
+        assert 89.9 < kept["left"].total_seconds() / 86_400 <= 90
         assert rec.envelopes[1].conversation_key == env.conversation_key
 
         # Chatter without a mention, and a thread the bot is not in, get no answer.

@@ -335,6 +335,10 @@ async def test_reply_style_top_level_starts_a_new_post(
         asked = fake_teams.channel_message("report", activity_id="1700000000400")
         assert (await fake_teams.post_activity(url(h), asked)).status == 200
         first, second = await fake_teams.wait_for_activities(2, within=10)
+        # the post's root is remembered for a week, well past the outbox TTL, then dropped
+        [kept] = await h.gateway.store.db.fetch(
+            "SELECT expires_at - now() AS left FROM kv_state WHERE key LIKE 'adapter:teams:%:post:%'")
+        assert 6.9 < kept["left"].total_seconds() / 86_400 <= 7
     assert first.conversation_id == CHANNEL  # a new top-level post, not the thread of the question
     assert second.conversation_id == f"{CHANNEL};messageid={first.response_id}"
     assert (first.text, second.text) == ("A" * 900, "B" * 900)
