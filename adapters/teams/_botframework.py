@@ -21,6 +21,11 @@ What it works around in botbuilder 4.17 (see tests/test_fake_teams.py):
   :class:`_CachedCredentials` keeps one credentials object per audience and
   fetches/refreshes its token in a thread before each use, so the synchronous
   call then hits MSAL's cache.
+* ``continue_conversation`` builds a new ``ConnectorClient`` (and with it a new
+  ``requests`` session) for every send, so every message opened a new connection to
+  the Bot Connector, a TLS handshake each against the real service.
+  :class:`_KeptConnectors` keeps one client per service URL and audience, as long as
+  its credentials are the current ones.
 * ``continue_conversation`` runs a synthetic activity with a made-up id; clearing
   that id makes ``send_activity`` post to the conversation (the thread, for a
   channel conversation id carrying ``;messageid=``) instead of "replying" to it.
@@ -29,6 +34,7 @@ What it works around in botbuilder 4.17 (see tests/test_fake_teams.py):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import threading
@@ -41,8 +47,11 @@ import requests
 from botbuilder.core import TurnContext
 from botbuilder.integration.aiohttp import CloudAdapter, ConfigurationBotFrameworkAuthentication
 from botbuilder.schema import Activity, ConversationReference
+from botframework.connector.aio import ConnectorClient
 from botframework.connector.auth import (
     CertificateServiceClientCredentialsFactory,
+    ClaimsIdentity,
+    ConnectorFactory,
     ManagedIdentityServiceClientCredentialsFactory,
     PasswordServiceClientCredentialFactory,
     ServiceClientCredentialsFactory,
@@ -149,6 +158,41 @@ class _CachedCredentials(ServiceClientCredentialsFactory):
         return len(self._cache)
 
 
+class _KeptConnectors(ConnectorFactory):
+    """botbuilder's connector factory, but a client (and its kept-alive connections) is reused.
+
+    botbuilder's own factory is still asked each time: it looks the credentials up (our
+    :class:`_CachedCredentials`, which refreshes the token in a thread) and builds a client,
+    which costs no connection until it sends. That client is kept when there is none yet
+    for the service URL and audience, or when the credentials changed (``forget`` after a
+    401); otherwise the kept one, with its connections, does the send.
+    """
+
+    def __init__(self, inner: ConnectorFactory, kept: dict[tuple[str, str | None], ConnectorClient]) -> None:
+        self._inner = inner
+        self._kept = kept
+
+    async def create(self, service_url: str, audience: str | None = None) -> ConnectorClient:
+        fresh = await self._inner.create(service_url, audience)
+        key = (service_url, audience)
+        kept = self._kept.get(key)
+        if kept is not None and kept.config.credentials is fresh.config.credentials:
+            return kept
+        self._kept[key] = fresh
+        return fresh
+
+
+class _Authentication(ConfigurationBotFrameworkAuthentication):
+    """botbuilder's authentication, handing out :class:`_KeptConnectors`."""
+
+    def __init__(self, settings: Any, credentials_factory: ServiceClientCredentialsFactory) -> None:
+        super().__init__(settings, credentials_factory=credentials_factory)
+        self.connectors: dict[tuple[str, str | None], ConnectorClient] = {}
+
+    def create_connector_factory(self, claims_identity: ClaimsIdentity) -> ConnectorFactory:
+        return _KeptConnectors(super().create_connector_factory(claims_identity), self.connectors)
+
+
 def _run_in_fresh_loop(make: Any) -> Any:
     loop = asyncio.new_event_loop()
     try:
@@ -185,14 +229,17 @@ class BotFramework:
     def __init__(self, cfg: TeamsConfig, credentials_factory: ServiceClientCredentialsFactory | None) -> None:
         self.cfg = cfg
         self.credentials = _CachedCredentials(credentials_factory or default_credentials_factory(cfg))
-        self._auth = ConfigurationBotFrameworkAuthentication(
-            _Settings(cfg), credentials_factory=self.credentials
-        )
+        self._auth = _Authentication(_Settings(cfg), credentials_factory=self.credentials)
         self._adapter = CloudAdapter(self._auth)
         self._pool = ThreadPoolExecutor(cfg.auth_threads, thread_name_prefix="teams-auth")
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        kept = list(self._auth.connectors.values())
+        self._auth.connectors.clear()
+        for client in kept:  # its requests session, and the connections it kept alive
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
 
     # -- inbound --------------------------------------------------------------------
 

@@ -344,6 +344,20 @@ async def test_reply_style_top_level_starts_a_new_post(
     assert (first.text, second.text) == ("A" * 900, "B" * 900)
 
 
+async def test_sends_share_one_connection(soulgate_database_url: str, fake_teams: FakeTeams) -> None:
+    """The connector client is kept per service URL: replies reuse its kept-alive connection
+    (against the real service, a new one per message costs a TLS handshake each)."""
+    async with teams_gateway(soulgate_database_url, fake_teams) as h:
+        for n in range(4):
+            asked = fake_teams.channel_message(f"hello {n}", activity_id=f"17000000007{n:02d}")
+            assert (await fake_teams.post_activity(url(h), asked)).status == 200
+            await fake_teams.wait_for_activities(n + 1, within=10)  # one at a time: no reason for a second one
+        await h.idle()
+    sends = [c for c in fake_teams.calls if c.kind in ("send", "reply")]
+    assert len(sends) == 4 and all(c.status == 201 for c in sends)
+    assert len({c.client_port for c in sends}) == 1
+
+
 async def test_connector_429_412_502_504_are_retried(soulgate_database_url: str, fake_teams: FakeTeams) -> None:
     statuses = (429, 412, 502, 504)
     async with teams_gateway(soulgate_database_url, fake_teams) as h:

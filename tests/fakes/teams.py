@@ -442,6 +442,11 @@ class BotFrameworkTestConfig:
 # --------------------------------------------------------------------------- records
 
 
+def _client_port(request: web.Request) -> int | None:
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    return int(peer[1]) if isinstance(peer, tuple) and len(peer) >= 2 else None
+
+
 @dataclass(frozen=True)
 class RecordedCall:
     """One request to the fake connector (accepted or not)."""
@@ -457,6 +462,8 @@ class RecordedCall:
     status: int
     response_id: str | None
     at: float  # time.monotonic()
+    #: the client's TCP port: calls with the same one came over one kept-alive connection
+    client_port: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -1073,6 +1080,7 @@ class FakeTeams:
                 status,
                 response_id,
                 time.monotonic(),
+                _client_port(request),
             )
             with self._lock:
                 self._calls.append(call)
