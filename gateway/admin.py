@@ -33,6 +33,9 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def _int_param(request: web.Request, name: str, default: int, maximum: int = 1000) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -120,8 +123,21 @@ def admin_app(gw: Gateway) -> web.Application:
                                           before=int(before) if before else None, **filters)
         return _json({"runs": rows, "totals": await gw.store.runs.totals(**filters)})
 
-    async def reload(_: web.Request) -> web.Response:
+    async def reload(request: web.Request) -> web.Response:
+        """This instance reloads; with ``everywhere=true``, and only if that went well, every
+        other instance is then asked to (each re-reads its own files; see its audit row)."""
+        raw = request.query.get("everywhere", "false").lower()
+        if raw not in _BOOLEANS:
+            return _error(400, "everywhere must be true or false")
         result = await gw.reload()
+        result["broadcast"] = False
+        if _BOOLEANS[raw] and result["ok"]:
+            try:
+                await gw.ask_others_to_reload()
+                result["broadcast"] = True
+            except Exception as exc:  # reloaded here; the others were not reached
+                result["problems"] = [*result["problems"], f"could not ask the other instances: {exc}"]
+                return _json(result, 503)
         return _json(result, 200 if result["ok"] else 422)
 
     async def send(request: web.Request) -> web.Response:

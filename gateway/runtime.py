@@ -24,6 +24,7 @@ import platformdirs
 from pydantic import ValidationError
 
 from storage import (
+    RELOAD_CHANNEL,
     Database,
     PendingChunk,
     Store,
@@ -94,6 +95,8 @@ class Gateway:
         self.public_port: int | None = None
         self.admin_port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._reloading = asyncio.Lock()
+        self._reloads: set[asyncio.Task[Any]] = set()  # reloads other instances asked for
         self._workers: list[asyncio.Task[Any]] = []
         self._runners: list[Any] = []
         self._started_adapters: list[Adapter] = []
@@ -222,12 +225,38 @@ class Gateway:
 
         return check_config(self.config, self.skills.tools)
 
-    async def reload(self) -> dict[str, Any]:
+    async def reload(self, *, requested_by: str | None = None) -> dict[str, Any]:
         """Re-read routes, ``[agents]``, ``[models]`` and the SOUL files (admin reload, SIGHUP).
 
         A config file that no longer validates changes nothing; a broken SOUL file
-        keeps its previous version and is reported with file and line.
+        keeps its previous version and is reported with file and line. ``requested_by``:
+        the instance whose ``POST /api/reload?everywhere=true`` asked for it (audited).
         """
+        async with self._reloading:  # SIGHUP, admin and broadcast reloads one after the other
+            result = await self._reload()
+        result["instance"] = self.instance_id
+        if requested_by is not None:
+            result["requested_by"] = requested_by
+        if result["reloaded"]:  # (a rejected config file was logged as such)
+            log.info("reloaded (problems: %d%s)%s", len(result["problems"]),
+                     f"; restart needed for {', '.join(result['needs_restart'])}" if result["needs_restart"] else "",
+                     f", as instance {requested_by} asked" if requested_by else "")
+        with suppress(Exception):
+            await self.services.audit("reload", result)
+        return result
+
+    async def ask_others_to_reload(self) -> None:
+        """Ask every other instance on this database to reload (each reads its own files);
+        raises when Postgres cannot be reached. Instances that are down reload when they start."""
+        await self.store.db.notifier.broadcast(RELOAD_CHANNEL, self.instance_id)
+
+    def _reload_requested(self, sender: str) -> None:
+        """Another instance reloaded and asked every instance to (listener callback)."""
+        task = asyncio.get_running_loop().create_task(self.reload(requested_by=sender), name="reload")
+        self._reloads.add(task)  # referenced until done, so it is not collected midway
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> dict[str, Any]:
         needs_restart: list[str] = []
         reloaded = ["souls"]
         if self.config.source is not None:
@@ -236,11 +265,8 @@ class Gateway:
             try:
                 fresh = await asyncio.to_thread(load_config, self.config.source)
             except ConfigError as exc:
-                result: dict[str, Any] = {"ok": False, "reloaded": [], "problems": exc.problems}
                 log.error("reload rejected, nothing changed: %s", "; ".join(exc.problems))
-                with suppress(Exception):
-                    await self.services.audit("reload", result)
-                return result
+                return {"ok": False, "reloaded": [], "problems": exc.problems}
             live = ("routes", "agents", "models")
             needs_restart = [k for k in type(fresh).model_fields
                              if k not in (*live, "source", "base_dir") and getattr(fresh, k) != getattr(self.config, k)]
@@ -250,13 +276,7 @@ class Gateway:
         reload_agents = getattr(self.responder[1], "reload", None)
         if reload_agents is not None:
             problems.extend(await reload_agents(self.services))
-        result = {"ok": not problems, "reloaded": reloaded,
-                  "problems": problems, "needs_restart": needs_restart}
-        log.info("reloaded (problems: %d%s)", len(problems),
-                 f"; restart needed for {', '.join(needs_restart)}" if needs_restart else "")
-        with suppress(Exception):
-            await self.services.audit("reload", result)
-        return result
+        return {"ok": not problems, "reloaded": reloaded, "problems": problems, "needs_restart": needs_restart}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -294,7 +314,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(listen_forever(self.store.db, {
             "soulgate_inbox": self.wakeups.inbox.set,
             "soulgate_outbox": self.wakeups.outbox.set,
-        }), name="listen"))
+        }, messages={RELOAD_CHANNEL: self._reload_requested}), name="listen"))
         if self.role in ("all", "worker"):
             # the claims' cached plans must not stay those of an empty table (storage/planner_stats.py)
             self._tasks.append(asyncio.create_task(keep_queue_stats_fresh(self.store.db), name="queue-stats"))
@@ -356,9 +376,9 @@ class Gateway:
         if self._workers:
             # Let in-flight turns and sends finish within the grace period.
             await self._drain(self.config.gateway.shutdown_grace_seconds)
-        for task in self._workers + self._tasks:
+        for task in self._workers + self._tasks + list(self._reloads):
             task.cancel()
-        for task in self._workers + self._tasks:
+        for task in self._workers + self._tasks + list(self._reloads):
             with suppress(BaseException):
                 await task
         self._workers.clear()

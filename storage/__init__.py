@@ -13,7 +13,7 @@ from .database import (
 )
 from .inbox import INBOX_CHANNEL, ClaimedTurn, InboxRepo, LostClaim
 from .memories import MemoryRepo
-from .notify import listen_forever
+from .notify import RELOAD_CHANNEL, listen_forever
 from .outbox import OUTBOX_CHANNEL, OutboxItem, OutboxRepo, PendingChunk
 from .planner_stats import analyze_stale_queue_tables, keep_queue_stats_fresh
 from .ratelimit import RateLimiter
@@ -26,6 +26,7 @@ __all__ = [
     "HTTP_REPLY_CHANNEL",
     "INBOX_CHANNEL",
     "OUTBOX_CHANNEL",
+    "RELOAD_CHANNEL",
     "RUN_FIELDS",
     "AuditRepo",
     "ClaimedTurn",

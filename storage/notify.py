@@ -13,6 +13,7 @@ commit and the NOTIFY costs latency, never a message.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -24,11 +25,13 @@ import asyncpg
 if TYPE_CHECKING:
     from .database import Database
 
-__all__ = ["HTTP_REPLY_CHANNEL", "REQUEST_RESPONSE_CHANNELS", "Notifier", "listen_forever"]
+__all__ = ["HTTP_REPLY_CHANNEL", "RELOAD_CHANNEL", "REQUEST_RESPONSE_CHANNELS", "Notifier", "listen_forever"]
 
 #: woken when a turn of a request/response channel is committed or one of its chunks
 #: reaches a final status (storage/replies.py waits on it)
 HTTP_REPLY_CHANNEL = "soulgate_http_reply"
+#: a message to every other instance: reload your configuration (``POST /api/reload?everywhere=true``)
+RELOAD_CHANNEL = "soulgate_reload"
 #: channels whose handler waits, in the admitting process, for the turn's reply
 REQUEST_RESPONSE_CHANNELS = frozenset({"http"})
 
@@ -76,6 +79,13 @@ class Notifier:
                 log.debug("wake-up on %s not sent: %s", channels, exc)
                 return
 
+    async def broadcast(self, channel: str, text: str) -> None:
+        """Send ``text`` to the ``messages`` handlers of every *other* process listening on
+        ``channel`` (see :func:`listen_forever`); raises if Postgres cannot be reached."""
+        payload = json.dumps({"from": self.tag, "text": text})
+        async with self._acquire() as conn:
+            await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
     async def aclose(self) -> None:
         """Let a wake-up being sent go out (bounded), so a clean stop loses none."""
         if self._task is not None and not self._task.done():
@@ -84,24 +94,34 @@ class Notifier:
             self._task.cancel()
 
 
-async def listen_forever(db: Database, handlers: dict[str, Callable[[], None]], *, retry: float = 1.0) -> None:
+async def listen_forever(
+    db: Database,
+    handlers: dict[str, Callable[[], None]],
+    *,
+    messages: dict[str, Callable[[str], None]] | None = None,
+    retry: float = 1.0,
+) -> None:
     """Call ``handlers[channel]()`` on every NOTIFY; reconnects after a lost connection.
 
     After each (re)connect every handler is called once, because notifications
     sent while we were not listening are lost. Pokes from this process reach the
     handlers directly (:class:`Notifier`), so their NOTIFYs are skipped here.
+
+    ``messages[channel](text)`` is called for each :meth:`Notifier.broadcast` from another
+    process: commands, not wake-ups, so never on a reconnect and never for our own.
     """
     notifier = db.notifier
     unsubscribe = [notifier.subscribe(channel, fn) for channel, fn in handlers.items()]
     try:
-        await _listen(db, handlers, notifier.tag, retry)
+        await _listen(db, handlers, messages or {}, notifier.tag, retry)
     finally:
         for undo in unsubscribe:
             with suppress(ValueError):
                 undo()
 
 
-async def _listen(db: Database, handlers: dict[str, Callable[[], None]], own: str, retry: float) -> None:
+async def _listen(db: Database, handlers: dict[str, Callable[[], None]],
+                  messages: dict[str, Callable[[str], None]], own: str, retry: float) -> None:
     while True:
         conn = None
         lost = asyncio.Event()
@@ -114,6 +134,13 @@ async def _listen(db: Database, handlers: dict[str, Callable[[], None]], own: st
                     if payload != own:  # ours was delivered in-process already
                         fn()
                 await conn.add_listener(channel, cb)
+            for channel, take in messages.items():
+                def on_message(_conn: Any, _pid: int, _channel: str, payload: str,
+                               take: Callable[[str], None] = take) -> None:
+                    sender, text = _message(payload)
+                    if sender is not None and sender != own:
+                        take(text)
+                await conn.add_listener(channel, on_message)
             for fn in handlers.values():
                 fn()
             while not lost.is_set():
@@ -130,3 +157,14 @@ async def _listen(db: Database, handlers: dict[str, Callable[[], None]], own: st
                 with suppress(Exception):
                     await conn.close()
         await asyncio.sleep(retry)
+
+
+def _message(payload: str) -> tuple[str | None, str]:
+    """(sender tag, text) of a broadcast; (None, "") for anything else on the channel."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return None, ""
+    if not isinstance(data, dict) or not isinstance(data.get("from"), str) or not isinstance(data.get("text"), str):
+        return None, ""
+    return data["from"], data["text"]

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
 
 from gateway.config import load_config
-from gateway.testing import running_gateway
+from gateway.testing import GatewayHarness, running_gateway
 from tests.fakes.llm import FakeLLM
 
 from .conftest import admin, agent_config, audit, write_soul
 
 
-def _config_file(path: Path, fake: FakeLLM, souls: Path, routes: str = "") -> Path:
+def _config_file(path: Path, fake: FakeLLM, souls: Path, routes: str = "", name: str = "") -> Path:
+    instance = f'instance_name = "{name}"' if name else ""
     path.write_text(f"""
 [gateway]
+{instance}
 shutdown_grace_seconds = 2.0
 [workers]
 lease_seconds = 5.0
@@ -84,6 +87,58 @@ async def test_reload_souls_and_routes_keeping_a_broken_files_previous_version(
         assert (await h.gateway.reload())["ok"]
         await h.ask("hi")
         assert _persona(fake_llm) == "Version three."
+
+
+async def _agents(h: GatewayHarness) -> list[str]:
+    _, status = await admin(h, "GET", "/api/status")
+    return [a["name"] for a in status["agents"]]
+
+
+async def _reloads(h: GatewayHarness) -> list[tuple[str, str, bool]]:
+    """(instance, asked by, ok) of every reload audited, sorted."""
+    rows = [(e["detail"]["instance"], e["detail"].get("requested_by") or "", e["detail"]["ok"])
+            for e in await audit(h, "reload")]
+    return sorted(rows)
+
+
+async def test_reload_everywhere_reaches_the_other_instances(
+    soulgate_database_url: str, fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    souls = tmp_path / "souls"
+    write_soul(souls, "assistant")
+    a_file = _config_file(tmp_path / "a.toml", fake_llm, souls, name="a")
+    b_file = _config_file(tmp_path / "b.toml", fake_llm, souls, name="b")
+    async with running_gateway(soulgate_database_url, config=load_config(a_file)) as a, \
+            running_gateway(soulgate_database_url, config=load_config(b_file)) as b:
+        write_soul(souls, "second", body="I am the second agent.")
+        status, body = await admin(a, "POST", "/api/reload?everywhere=perhaps")
+        assert (status, body) == (400, {"error": "everywhere must be true or false"})
+        assert await _reloads(a) == [] and await _agents(a) == ["assistant"]  # nothing reloaded
+
+        status, body = await admin(a, "POST", "/api/reload?everywhere=true")
+        assert (status, body["ok"], body["broadcast"], body["instance"]) == (200, True, True, "a")
+        for _ in range(100):  # b reloads when the notification reaches it
+            if await _agents(b) == ["assistant", "second"]:
+                break
+            await asyncio.sleep(0.05)
+        assert await _agents(b) == ["assistant", "second"]
+        assert await _reloads(a) == [("a", "", True), ("b", "a", True)]
+
+        # A config that does not validate here is not pushed to the others.
+        write_soul(souls, "third")
+        a_file.write_text("this is [not toml")
+        status, body = await admin(a, "POST", "/api/reload?everywhere=1")
+        assert (status, body["ok"], body["broadcast"]) == (422, False, False)
+        await asyncio.sleep(0.3)
+        assert await _agents(b) == ["assistant", "second"]
+
+        # Without everywhere, only the instance asked reloads.
+        status, body = await admin(b, "POST", "/api/reload")
+        assert (status, body["broadcast"], body["instance"]) == (200, False, "b")
+        await asyncio.sleep(0.3)
+        assert await _agents(b) == ["assistant", "second", "third"]
+        assert await _agents(a) == ["assistant", "second"]
+        assert await _reloads(a) == [("a", "", False), ("a", "", True), ("b", "", True), ("b", "a", True)]
 
 
 async def test_a_broken_soul_at_start_is_skipped_and_reported(
