@@ -39,8 +39,8 @@ __all__ = [
 DeliveryPolicy = Literal["never_twice", "never_lost"]
 WebHandler = Callable[[Any], Awaitable[Any]]  # aiohttp.web.Request -> aiohttp.web.StreamResponse
 
-#: ``Reply.meta`` key the gateway sets (to True) on every chunk of a turn during which
-#: ``typing`` was called: whichever instance sends the chunk can then clear a hint that
+#: ``Reply.meta`` key the gateway sets (to True) on the last chunk of a turn during which
+#: ``typing`` was called: whichever instance sends that chunk can then clear a hint that
 #: does not expire by itself (Slack's reaction), though another instance showed it.
 TYPING_SHOWN = "typing_shown"
 
@@ -219,10 +219,14 @@ class Adapter(abc.ABC):
     async def typing(self, address: ReplyAddress) -> None:  # noqa: B027 - optional
         """Show a "working on it" hint (typing action, reaction); best effort.
 
-        Called half a second into a turn, then every 4 s until its replies are rendered.
-        A hint that lasts (a reaction) is for ``send`` to clear: the chunks of such a turn
-        carry ``reply.meta[TYPING_SHOWN]``, and they may be sent by another instance.
+        Called half a second into a turn, then every 4 s until the turn has run. A hint
+        that lasts (a reaction) is for ``send`` to clear: the last chunk of such a turn
+        carries ``reply.meta[TYPING_SHOWN]``, and another instance may send it. A turn that
+        sends nothing calls :meth:`clear_typing` instead.
         """
+
+    async def clear_typing(self, address: ReplyAddress) -> None:  # noqa: B027 - optional
+        """Take back a lasting "working on it" hint: the turn it was shown for sends nothing."""
 
     async def fetch_attachment(self, attachment: Attachment, *, max_bytes: int | None = None) -> bytes:
         """The bytes of an inbound attachment (``attachment.ref``), downloaded on demand.

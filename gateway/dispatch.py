@@ -41,14 +41,15 @@ HISTORY_LIMIT = 50
 
 @dataclass(slots=True)
 class TypingHint:
-    """Whether a turn showed the "working on it" hint, for the chunks it renders.
+    """Whether a turn showed the "working on it" hint, so that a lasting one gets cleared.
 
-    ``closed`` once the replies are being rendered: a hint shown after that would be
-    missing from the chunks' meta, and nobody would clear a lasting one.
+    ``closed`` once the turn has run: no further hint starts, and the one being sent
+    (``calling``) is awaited, so no instance can clear it before it was shown.
     """
 
     shown: bool = False
     closed: bool = False
+    calling: bool = False
 
 
 class Dispatcher:
@@ -103,7 +104,8 @@ class Dispatcher:
         following: ClaimedTurn | None = None
         committed = False
         try:
-            record = await self.build_record(claim, hint)
+            record = await self.build_record(claim)
+            await self._typing_over(claim, record, hint, typing)
             # The turn has run: a database blip now must not make it run again.
             following = await persist(
                 lambda: commit_turn(self.gw.store.db, claim, record, ttl_seconds=self.gw.config.delivery.ttl_seconds,
@@ -141,23 +143,47 @@ class Dispatcher:
             return
         await asyncio.sleep(0.5)  # quick answers need no typing hint
         while not hint.closed:
-            hint.shown = True  # before the call: a hint that may have reached the platform counts
-            with suppress(Exception):
-                await adapter.typing(env.reply_to)
+            hint.shown = hint.calling = True  # before the call: a hint that may have been shown counts
+            try:
+                with suppress(Exception):
+                    await adapter.typing(env.reply_to)
+            finally:
+                hint.calling = False
+            if hint.closed:
+                return
             await asyncio.sleep(4.0)
+
+    async def _typing_over(
+        self, claim: ClaimedTurn, record: TurnRecord, hint: TypingHint, typing: asyncio.Task[None]
+    ) -> None:
+        """The turn has run: stop the hint, and make sure a lasting one (a Slack reaction) is
+        taken back, by whichever instance sends the turn's last chunk (``TYPING_SHOWN`` on it),
+        or here and now when the turn sends nothing."""
+        hint.closed = True
+        if hint.calling:  # let it land first: otherwise the answer could overtake it
+            await asyncio.wait({typing}, timeout=5.0)
+        if not hint.shown:
+            return
+        if record.chunks:
+            last = record.chunks[-1]
+            record.chunks[-1] = replace(last, reply=replace(last.reply, meta={**last.reply.meta, TYPING_SHOWN: True}))
+            return
+        env = claim.envelope
+        adapter = self.gw.adapters.get((env.channel, env.account))
+        if adapter is not None:
+            with suppress(Exception):
+                await asyncio.wait_for(adapter.clear_typing(env.reply_to), 10.0)
 
     # -- one turn ----------------------------------------------------------------
 
-    async def build_record(self, claim: ClaimedTurn, hint: TypingHint | None = None) -> TurnRecord:
-        """Run the turn and collect what it produced (nothing is written here). ``hint``:
-        the turn's typing hint, which its chunks then report (``TYPING_SHOWN``)."""
+    async def build_record(self, claim: ClaimedTurn) -> TurnRecord:
+        """Run the turn and collect what it produced (nothing is written here)."""
         env = claim.envelope
         record = TurnRecord()
-        hint = hint or TypingHint()
         if claim.attempts > self.gw.config.workers.max_turn_attempts:
             record.status, record.error = "failed", f"gave up after {claim.attempts - 1} attempts"
             record.audit.append(("turn_failed", None, {"attempts": claim.attempts - 1}))
-            await self._add_replies(record, env, [Reply(text=GENERIC_ERROR)], hint)
+            await self._add_replies(record, env, [Reply(text=GENERIC_ERROR)])
             return record
 
         filtered, dropped_by = await self.gw.plugins.call_chain(
@@ -172,7 +198,7 @@ class Dispatcher:
         command = parse_command(env.text)
         if command is not None:
             replies = await self._run_command(env, *command, record)
-            await self._add_replies(record, env, replies, hint)
+            await self._add_replies(record, env, replies)
             return record
 
         route = resolve_route(env, self.gw.config.routes, self.gw.config.agents.default)
@@ -189,7 +215,7 @@ class Dispatcher:
             record.history.extend(("assistant", r.text, {}) for r in result.replies)
         record.audit.extend((a.kind, a.plugin, a.detail) for a in result.audit)
         record.runs.extend(result.runs)
-        await self._add_replies(record, env, result.replies, hint)
+        await self._add_replies(record, env, result.replies)
         return record
 
     async def _run_command(
@@ -234,11 +260,8 @@ class Dispatcher:
             await self.gw.plugins.report(plugin, "respond", exc, env)
             return TurnResult(replies=[Reply(text=GENERIC_ERROR)])
 
-    async def _add_replies(
-        self, record: TurnRecord, env: Envelope, replies: list[Reply], hint: TypingHint
-    ) -> None:
+    async def _add_replies(self, record: TurnRecord, env: Envelope, replies: list[Reply]) -> None:
         adapter = self.gw.adapters.get((env.channel, env.account))
-        hint.closed = True
         for reply in replies:
             reply, _ = await self.gw.plugins.call_chain(
                 "soulgate_reply", "reply", reply, envelope=env, services=self.gw.services
@@ -248,8 +271,6 @@ class Dispatcher:
             if reply.in_reply_to is None:
                 reply = Reply(text=reply.text, attachments=reply.attachments, in_reply_to=env.id, meta=reply.meta)
             chunks = adapter.render(reply) if adapter is not None else [reply]
-            if hint.shown:
-                chunks = [replace(c, meta={**c.meta, TYPING_SHOWN: True}) for c in chunks]
             for chunk in chunks:
                 record.chunks.append(
                     PendingChunk(

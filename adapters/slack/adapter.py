@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from contextlib import suppress
 from typing import Any
@@ -34,8 +35,11 @@ __all__ = ["SlackAdapter"]
 log = logging.getLogger("soulgate.adapters.slack")
 _THREAD_MEMORY = 4096
 #: how long a thread the bot was called into stays one it answers without a mention
-#: (in adapter state; an older thread needs a mention again, which renews it)
+#: (in adapter state; each mention renews it, at most daily; an older thread needs one again)
 THREADS_KEPT_SECONDS = 90 * 86_400.0
+_RENEW_AFTER = 86_400.0  # a mention rewrites the membership once it is this old
+_RECHECK_AFTER = 3_600.0  # a membership read from Postgres is trusted this long, then read again
+_now = time.time  # (tests move it)
 
 
 class SlackAdapter(Adapter):
@@ -54,8 +58,9 @@ class SlackAdapter(Adapter):
         self._ctx: AdapterContext | None = None
         self._socket: SocketModeRunner | None = None
         self._auth_task: asyncio.Task[None] | None = None
-        # Threads known to include the bot (positive answers only; Postgres has the truth).
-        self._threads: OrderedDict[str, None] = OrderedDict()
+        # Threads known to include the bot, with when to stop trusting this memory (positive
+        # answers only; Postgres has the truth, and an expiry this memory must not outlive).
+        self._threads: OrderedDict[str, float] = OrderedDict()
         self.counts = {"admitted": 0, "duplicates": 0, "ignored": 0}
 
     # -- receiving --------------------------------------------------------------------
@@ -136,22 +141,26 @@ class SlackAdapter(Adapter):
 
     async def _in_thread(self, ctx: AdapterContext, team: str, channel: str, thread_ts: str) -> bool:
         key = f"thread:{team}:{channel}:{thread_ts}"
-        if key in self._threads:
+        if self._threads.get(key, 0.0) > _now():
             return True
         if await ctx.get_state(key):
-            self._remember(key)
+            self._remember(key, _now() + _RECHECK_AFTER)
             return True
+        self._threads.pop(key, None)
         return False
 
     async def _join_thread(self, ctx: AdapterContext, team: str, channel: str, thread_ts: str) -> None:
-        # The bot is called into this thread: later replies in it need no mention.
+        # The bot is called into this thread: later replies in it need no mention. A mention
+        # in a thread it is in renews the membership once a day (not on every message).
         key = f"thread:{team}:{channel}:{thread_ts}"
-        if key not in self._threads:
+        now = _now()
+        if self._threads.get(key, 0.0) < now + THREADS_KEPT_SECONDS - _RENEW_AFTER:
             await ctx.set_state(key, True, expires_in=THREADS_KEPT_SECONDS)
-            self._remember(key)
+            self._remember(key, now + THREADS_KEPT_SECONDS)
 
-    def _remember(self, key: str) -> None:
-        self._threads[key] = None
+    def _remember(self, key: str, until: float) -> None:
+        self._threads[key] = until
+        self._threads.move_to_end(key)
         while len(self._threads) > _THREAD_MEMORY:
             self._threads.popitem(last=False)
 
@@ -168,6 +177,9 @@ class SlackAdapter(Adapter):
 
     async def typing(self, address: ReplyAddress) -> None:
         await self.outbound.react(address)
+
+    async def clear_typing(self, address: ReplyAddress) -> None:
+        await self.outbound.unreact(address)
 
     async def fetch_attachment(self, attachment: Attachment, *, max_bytes: int | None = None) -> bytes:
         return await download_attachment(self.config, attachment, max_bytes)

@@ -203,8 +203,8 @@ class SlackOutbound:
             raise TransientDeliveryError(f"cannot reach Slack: {exc}") from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise OutcomeUnknown(f"no answer from Slack ({type(exc).__name__}: {exc})") from exc
-        if reply.meta.get("slack_part") == reply.meta.get("slack_parts"):
-            await self._unreact(address, shown_for_this=bool(reply.meta.get(TYPING_SHOWN)))
+        if reply.meta.get(TYPING_SHOWN):  # the turn's last chunk, and the turn showed the reaction
+            await self.unreact(address)
         return SendResult(
             platform_message_id=str(response.get("ts") or "") or None,
             extra={"channel": response.get("channel")},
@@ -226,15 +226,14 @@ class SlackOutbound:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug("reactions.add failed: %s", exc)
 
-    async def _unreact(self, address: ReplyAddress, *, shown_for_this: bool) -> None:
-        """Take the reaction back after the answer's last chunk, if this instance added it or
-        the turn's chunks say it was shown (``TYPING_SHOWN``: perhaps by another instance)."""
+    async def unreact(self, address: ReplyAddress) -> None:
+        """Take the reaction back (the answer's last chunk is out, or there is no answer). Any
+        instance may: the dispatch worker says when it was shown (``TYPING_SHOWN``)."""
         key = self._reaction_key(address)
-        if key is None or not self.cfg.remove_ack_reaction:
+        if key is None:
             return
-        reacted_here = key in self._reacted
         self._reacted.pop(key, None)
-        if not (reacted_here or shown_for_this):
+        if not self.cfg.remove_ack_reaction:
             return
         try:
             await self.api.client().reactions_remove(channel=key[0], timestamp=key[1], name=self.cfg.ack_reaction)

@@ -372,6 +372,68 @@ async def test_ack_reaction_removed_by_the_instance_that_sends(
         ("add", "C0GENERAL", mention["ts"], "eyes"), ("remove", "C0GENERAL", mention["ts"], "eyes")]
 
 
+async def test_reaction_taken_back_once_for_several_replies_and_when_nothing_is_said(
+    soulgate_database_url: str, fake_slack: FakeSlack
+) -> None:
+    async def slow(turn: Turn) -> TurnResult:
+        await asyncio.sleep(1.2)  # the gateway shows "working" after 0.5 s
+        if "quiet" in turn.envelope.text:
+            return TurnResult(replies=[])
+        return TurnResult(replies=[Reply(text="first"), Reply(text="second")])
+
+    async with slack_gateway(soulgate_database_url, {"main": account(fake_slack)}, Recorder(slow)) as h:
+        two = app_mention_event("<@U0BOT> two answers")
+        assert await post(h, two) == 200
+        await fake_slack.wait_for_posts("C0GENERAL", 2, timeout=10)
+        await h.idle()
+        rows = await h.gateway.store.db.fetch("SELECT body FROM outbox ORDER BY seq")
+        assert [r["body"]["meta"].get("typing_shown") for r in rows] == [None, True]  # the last chunk only
+
+        quiet = app_mention_event("<@U0BOT> stay quiet", channel="C0OTHER")
+        assert await post(h, quiet) == 200
+        await fake_slack.wait_for_reactions(4, timeout=10)
+        await h.idle()
+    assert fake_slack.reaction_log == [
+        ("add", "C0GENERAL", two["ts"], "eyes"), ("remove", "C0GENERAL", two["ts"], "eyes"),
+        ("add", "C0OTHER", quiet["ts"], "eyes"), ("remove", "C0OTHER", quiet["ts"], "eyes")]
+    assert fake_slack.count("reactions.remove") == 2  # no second, failing, removal
+    assert [p.text for p in fake_slack.posts] == ["first", "second"]
+
+
+async def test_thread_membership_renewed_by_a_mention_and_forgotten_after_expiry(
+    soulgate_database_url: str, fake_slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adapters.slack import adapter as slack_adapter
+
+    day = 86_400.0
+    clock = [time.time()]
+    monkeypatch.setattr(slack_adapter, "_now", lambda: clock[0])
+
+    async def left(h: GatewayHarness) -> float:
+        [row] = await h.gateway.store.db.fetch(
+            "SELECT expires_at - now() AS left FROM kv_state WHERE key LIKE 'adapter:slack:main:thread:%'")
+        return float(row["left"].total_seconds() / day)
+
+    rec = Recorder()
+    async with slack_gateway(soulgate_database_url, {"main": account(fake_slack)}, rec) as h:
+        root = app_mention_event("<@U0BOT> start")
+        assert await post(h, root) == 200
+        await fake_slack.wait_for_posts("C0GENERAL")
+        assert 89.9 < await left(h) <= 90
+        # 89 days later (for the adapter and for the stored row) a mention in the thread renews it
+        clock[0] += 89 * day
+        await h.gateway.store.db.fetch("UPDATE kv_state SET expires_at = now() + interval '1 day'")
+        assert await post(h, app_mention_event("<@U0BOT> still here?", thread_ts=root["ts"])) == 200
+        await fake_slack.wait_for_posts("C0GENERAL", 2)
+        assert 89.9 < await left(h) <= 90
+        # once it expired, a reply without a mention is chatter again, here as on any instance
+        clock[0] += 91 * day
+        await h.gateway.store.db.fetch("UPDATE kv_state SET expires_at = now() - interval '1 second'")
+        assert await post(h, message_event("anyone?", thread_ts=root["ts"])) == 200
+        await h.idle()
+        assert len(fake_slack.posts) == 2 and len(rec.turns) == 2
+
+
 async def test_quick_answer_shows_no_reaction(soulgate_database_url: str, fake_slack: FakeSlack) -> None:
     async with slack_gateway(soulgate_database_url, {"main": account(fake_slack)}) as h:
         assert await post(h, app_mention_event("<@U0BOT> quick")) == 200
