@@ -64,8 +64,9 @@ class StateRepo:
             return await conn.fetchval("SELECT value FROM kv_state WHERE key = $1", key)
 
 
-async def prune_expired_state(db: Database, *, batch: int = 1000) -> int:
-    """Delete expired state rows, ``batch`` at a time (short transactions); returns how many."""
+async def prune_expired_state(db: Database, *, batch: int = 200) -> int:
+    """Delete expired state rows, ``batch`` at a time (short transactions: a kept mail
+    attachment's row may hold megabytes); returns how many."""
     total = 0
     while True:
         async with db.pool.acquire() as conn:

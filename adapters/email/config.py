@@ -156,7 +156,7 @@ class EmailConfig(BaseModel):
     #: at most this many mails in one thread are answered per ``rate_window_seconds``
     max_per_thread: int = Field(default=10, ge=1)
     #: the window of the two caps above, in seconds
-    rate_window_seconds: float = Field(default=3600.0, gt=0)
+    rate_window_seconds: float = Field(default=3600.0, gt=0, le=366 * 86_400)  # at most a year
     #: larger mails are not fetched: kept in the mailbox and reported like unreadable ones
     max_message_bytes: int = Field(default=25 * MiB, ge=1024)
     #: attachments larger than this are listed but their bytes are not kept

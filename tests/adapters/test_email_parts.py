@@ -308,6 +308,8 @@ async def test_lost_connection_during_data_is_an_unknown_outcome() -> None:
     ({"processed_folder": "Erledigt/Müll"}, "ASCII folder name"),
     ({"smtp": {"host": "smtp://h", "tls": "none"}}, "without scheme"),
     ({"imapp": {}}, "Extra inputs are not permitted"),
+    ({"rate_window_seconds": float("inf")}, "less than or equal to"),  # stamps must be able to expire
+    ({"keep_attachments_days": 0}, "greater than 0"),
 ])
 def test_bad_config_is_refused_with_a_clear_error(over: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
