@@ -343,6 +343,8 @@ async def test_a_client_that_leaves_does_not_stop_the_turn(gw: GatewayHarness, f
                          headers={"Authorization": f"Bearer {KEY}"})
         inbox_id = r.headers["X-Soulgate-Inbox-Id"]
         r.close()  # gone after the first event, mid-turn
+    while not fake_llm.requests_for("m-verse"):  # noqa: ASYNC110 - the first turn takes the first answer
+        await asyncio.sleep(0.02)
     sent = asyncio.create_task(post(gw, ask("hi"), headers={"X-Soulgate-Conversation": "leaver"}))
     while len(fake_llm.requests_for("m-verse")) < 2:  # noqa: ASYNC110 - waiting on the fake's record
         await asyncio.sleep(0.05)
