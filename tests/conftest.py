@@ -18,3 +18,9 @@ async def store(soulgate_database_url: str) -> AsyncIterator[Store]:
         yield Store(db)
     finally:
         await db.close()
+
+
+@pytest_asyncio.fixture
+async def db(store: Store) -> Database:
+    """The migrated database itself, for tests below the repositories."""
+    return store.db

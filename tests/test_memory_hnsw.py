@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest_asyncio
 
 from storage import Database, MemoryRepo
 from storage.memories import HNSW_DIMS, _nearest_sql
@@ -30,16 +28,6 @@ def unit(rng: random.Random, dim: int) -> list[float]:
 
 def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
-
-
-@pytest_asyncio.fixture
-async def db(soulgate_database_url: str) -> AsyncIterator[Database]:
-    database = Database(soulgate_database_url)
-    await database.connect()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def forced_index(url: str) -> Database:

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 
 from gateway.runtime import Gateway
 from gateway.testing import test_config
 from storage import Database, StateRepo, keep_state_pruned, prune_expired_state
-
-
-@pytest_asyncio.fixture
-async def db(soulgate_database_url: str) -> AsyncIterator[Database]:
-    database = Database(soulgate_database_url)
-    await database.connect()
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def _expire(db: Database, key: str) -> None:
