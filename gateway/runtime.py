@@ -376,9 +376,10 @@ class Gateway:
         if self._workers:
             # Let in-flight turns and sends finish within the grace period.
             await self._drain(self.config.gateway.shutdown_grace_seconds)
-        for task in self._workers + self._tasks + list(self._reloads):
+        running = [*self._workers, *self._tasks, *self._reloads]
+        for task in running:
             task.cancel()
-        for task in self._workers + self._tasks + list(self._reloads):
+        for task in running:
             with suppress(BaseException):
                 await task
         self._workers.clear()

@@ -115,6 +115,12 @@ async def test_reload_everywhere_reaches_the_other_instances(
         assert (status, body) == (400, {"error": "everywhere must be true or false"})
         assert await _reloads(a) == [] and await _agents(a) == ["assistant"]  # nothing reloaded
 
+        # Anything else on the channel (an unknown sender's junk, an echo of our own) is no command.
+        for payload in ("junk", '{"from": 1, "text": "x"}', "[]"):
+            await a.gateway.store.db.fetch("SELECT pg_notify('soulgate_reload', $1)", payload)
+        await asyncio.sleep(0.3)
+        assert await _reloads(a) == [] and await _agents(b) == ["assistant"]
+
         status, body = await admin(a, "POST", "/api/reload?everywhere=true")
         assert (status, body["ok"], body["broadcast"], body["instance"]) == (200, True, True, "a")
         for _ in range(100):  # b reloads when the notification reaches it
