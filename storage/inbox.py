@@ -1,9 +1,9 @@
 """The inbox: admitted envelopes waiting for a turn.
 
 ``admit`` is the only write on the acknowledgement path: two inserts in one
-statement (a function from migration 005, one round trip), then a coalesced
-NOTIFY outside it (storage/notify.py says why). ``claim`` hands the oldest claimable row to a
-worker, keeping FIFO order inside a conversation (a row is claimable only when
+statement (migrations 005 and 009; admissions that arrive together share it, see
+storage/admission.py), then a coalesced NOTIFY outside it (storage/notify.py says
+why). ``claim`` hands the oldest claimable row to a worker, keeping FIFO order inside a conversation (a row is claimable only when
 no earlier row of its conversation is still live) and parallelism across
 conversations (``FOR UPDATE SKIP LOCKED``). A claim carries a lease and a
 token; the turn commits only if the token still owns the row, so a worker whose
@@ -23,6 +23,7 @@ from typing import Any
 
 from gateway.envelope import Envelope
 
+from .admission import Admission, AdmissionBatcher
 from .database import Database
 from .storable import storable_json_text, storable_text
 
@@ -51,31 +52,29 @@ def _claimed(row: Any, token: uuid.UUID) -> ClaimedTurn:
 class InboxRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.admissions = AdmissionBatcher(db, lambda: db.notify_soon(INBOX_CHANNEL))
 
     async def admit(self, envelope: Envelope) -> tuple[str, bool]:
         """Store the envelope unless one of its natural keys is known; returns (inbox id, created).
 
-        One statement (``soulgate_admit``, migration 005): the keys and the row commit
-        together, or, for a duplicate, nothing is written. Workers are woken after it.
+        One statement, shared with the admissions that queued alongside (storage/admission.py):
+        the keys and the row commit together, or, for a duplicate, nothing is written.
+        Workers are woken after it.
         """
         # a NUL in a message must not make it unstorable: the JSON is cleaned, and so are the
         # columns copied out of it (keys deduplicated after cleaning, which may merge two;
         # sorted, so two admissions sharing keys lock them in the same order: no deadlock)
         keys = sorted({storable_text(k) for k in (envelope.external_id, *envelope.alt_ids)})
-        body = storable_json_text(envelope.to_json())
-        external_id, conversation_key = storable_text(envelope.external_id), storable_text(envelope.conversation_key)
-        async with self.db.pool.acquire() as conn:
-            owner = await conn.fetchval(
-                "SELECT soulgate_admit($1, $2, $3, $4::text[], $5, $6, $7::text::jsonb, $8)",
-                uuid.UUID(envelope.id), storable_text(envelope.channel), storable_text(envelope.account),
-                keys, external_id, conversation_key, body, envelope.received_at,
-            )
+        admission = Admission(
+            id=uuid.UUID(envelope.id), channel=storable_text(envelope.channel),
+            account=storable_text(envelope.account), keys=keys, external_id=storable_text(envelope.external_id),
+            conversation_key=storable_text(envelope.conversation_key),
+            envelope_json=storable_json_text(envelope.to_json()), received_at=envelope.received_at,
+        )
+        owner = await self.admissions.admit(admission)
         if owner is None:  # a concurrent admission took its keys back under us: let the platform retry
             raise RuntimeError(f"admission of {envelope.id} found a duplicate without an owner")
-        created = str(owner) == envelope.id
-        if created:
-            self.db.notify_soon(INBOX_CHANNEL)
-        return str(owner), created
+        return str(owner), owner == admission.id
 
     async def claim(
         self, worker: str, lease_seconds: float, *, token: uuid.UUID | None = None
