@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from gateway import jsontext
+
 from .notify import Notifier
 
 __all__ = [
@@ -104,8 +106,9 @@ async def drop_database(server_url: str, name: str) -> None:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # rows are decoded with orjson (every claim reads an envelope), values encoded with json
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=jsontext.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=jsontext.loads, schema="pg_catalog")
     try:
         from pgvector.asyncpg import register_vector
 

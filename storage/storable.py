@@ -31,6 +31,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 from gateway.envelope import Envelope
 
 __all__ = ["MAX_DEPTH", "storable_envelope", "storable_json", "storable_json_text", "storable_text"]
@@ -103,9 +105,15 @@ def storable_json_text(value: Any) -> str:
     """``value`` as JSON text Postgres accepts as ``jsonb`` (what :func:`storable_json` would
     make of it, serialised); the tree is walked only when the text says it might need it."""
     try:
-        text = _DUMPS(value)
-    except (ValueError, RecursionError):  # NaN/Infinity, or nesting deeper than Python's stack
-        return _DUMPS(storable_json(value))
+        # orjson writes NaN/Infinity as null (what cleaning makes of them) and refuses what
+        # ``json`` handles differently (lone surrogates, huge integers, non-string keys,
+        # nesting deeper than 254): those take the standard path below
+        text = orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        try:
+            text = _DUMPS(value)
+        except (ValueError, RecursionError):  # NaN/Infinity, or nesting deeper than Python's stack
+            return _DUMPS(storable_json(value))
     if (_UNSTORABLE_IN_JSON.search(text) is None
             and text.count("{") + text.count("[") <= MAX_DEPTH):  # depth <= number of openers
         return text

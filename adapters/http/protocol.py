@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from gateway import jsontext
+
 __all__ = [
     "ApiError",
     "ChatRequest",
@@ -94,7 +96,7 @@ def _text(content: Any, where: str) -> str:
 def parse_chat_request(raw: bytes) -> ChatRequest:
     """The request body, checked; raises :class:`ApiError` (400) naming what is wrong."""
     try:
-        body = json.loads(raw)
+        body = jsontext.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # Recursion: ~1000 deep
         raise ApiError(400, f"We could not parse the JSON body of your request ({exc}).") from None
     if not isinstance(body, dict):

@@ -10,7 +10,6 @@ deliberately ignored).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 from slack_sdk.signature import SignatureVerifier
+
+from gateway import jsontext
 
 __all__ = ["EventsEndpoint"]
 
@@ -50,7 +51,7 @@ class EventsEndpoint:
             log.warning("slack/%s: rejected a request with a missing or invalid signature", self._account)
             return _error(401, "invalid signature")
         try:
-            payload = json.loads(body)
+            payload = jsontext.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested ~1000 deep
             return _error(400, "body is not JSON")
         if not isinstance(payload, dict):

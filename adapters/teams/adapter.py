@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib
-import json
 import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from gateway import (
     Reply,
     ReplyAddress,
     SendResult,
+    jsontext,
     new_id,
     split_markdown,
     utf16_len,
@@ -137,7 +137,7 @@ class TeamsAdapter(Adapter):
         if not self.cfg.auth_disabled and not _BEARER.fullmatch(header or ""):
             return self._refuse(401, "unauthorized", "(missing or malformed Authorization header)")
         try:
-            activity = json.loads(await request.read())
+            activity = jsontext.loads(await request.read())
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested ~1000 deep
             return self._refuse(400, "body must be a JSON activity")
         if not isinstance(activity, dict) or not isinstance(activity.get("type"), str):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +23,8 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Update
 from aiohttp import web
 from pydantic import ValidationError
+
+from gateway import jsontext
 
 __all__ = ["SECRET_HEADER", "WebhookReceiver", "derive_secret"]
 
@@ -55,7 +56,7 @@ class WebhookReceiver:
                         request.remote, "wrong" if given else "missing")
             return web.json_response({"ok": False, "error": "unauthorized"}, status=401)
         try:
-            body = await request.json(loads=json.loads)
+            body = jsontext.loads(await request.read())
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested ~1000 deep
             return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
         if not isinstance(body, dict) or not isinstance(body.get("update_id"), int):
