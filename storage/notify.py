@@ -39,8 +39,9 @@ log = logging.getLogger("soulgate.storage")
 
 
 class Notifier:
-    """Coalesced NOTIFYs: ``poke(channel)`` after a commit; one statement in flight at a time
-    carries every channel poked meanwhile, so a burst of admissions costs a few NOTIFYs.
+    """Coalesced NOTIFYs: ``poke(channel)`` after a commit; one statement in flight at a time,
+    at most one per ``min_interval``, carries every channel poked meanwhile, so a burst of
+    admissions costs a few NOTIFYs.
 
     Listeners in this process (:func:`listen_forever` on the same database) are called at
     once, and the NOTIFY, when it comes back to them, is ignored: waiting for the round
@@ -55,6 +56,10 @@ class Notifier:
         self._local: dict[str, list[Callable[[], None]]] = {}
         #: the payload of this process's NOTIFYs, so its own listeners can tell them apart
         self.tag = f"soulgate:{uuid.uuid4().hex}"
+        #: seconds between two NOTIFYs while pokes keep coming (other processes' workers
+        #: may hear of a row this much later under load; this process's at once)
+        self.min_interval = 0.005
+        self._last = float("-inf")
 
     def subscribe(self, channel: str, fn: Callable[[], None]) -> Callable[[], None]:
         """Call ``fn`` on every poke of ``channel`` in this process; returns the unsubscriber."""
@@ -69,8 +74,17 @@ class Notifier:
             self._task = asyncio.get_running_loop().create_task(self._flush(), name="soulgate-notify")
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._due:
+            # Under load, pokes come faster than NOTIFYs should go: each is a commit under
+            # Postgres's notify lock and wakes every listening process. So NOTIFYs are spaced
+            # by ``min_interval`` and the pokes in between share the next one; the first
+            # wake-up after a quiet spell goes at once.
+            pause = self._last + self.min_interval - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
             channels, self._due = sorted(self._due), set()
+            self._last = loop.time()
             calls = ", ".join(f"pg_notify(${i + 1}, ${len(channels) + 1})" for i in range(len(channels)))
             try:
                 async with self._acquire() as conn:

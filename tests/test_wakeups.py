@@ -130,3 +130,34 @@ async def test_a_poke_reaches_local_listeners_at_once_and_its_echo_is_ignored(
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         await db.close()
+
+
+async def test_steady_pokes_share_notifies_spaced_by_the_minimum_interval(soulgate_database_url: str) -> None:
+    # each NOTIFY is a commit under Postgres's notify lock and wakes every listening process:
+    # under load the pokes wait for the interval and go together; the first goes at once
+    db = Database(soulgate_database_url)
+    await db.connect()
+    sent: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def log_notify(record: Any) -> None:
+        if "pg_notify" in record.query:
+            sent.append(loop.time())
+
+    pool = db.pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    for conn in held:
+        conn.add_query_logger(log_notify)
+        await pool.release(conn)
+    db.notifier.min_interval = 0.2
+    try:
+        start = loop.time()
+        while loop.time() - start < 0.5:  # a poke every 5 ms for half a second
+            db.notify_soon("soulgate_test")
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.3)
+    finally:
+        await db.close()
+    assert sent and sent[0] - start < 0.15  # the first wake-up was not held back
+    assert 2 <= len(sent) <= 4, sent  # ~100 pokes: one NOTIFY per interval, not one per round trip
+    assert all(b - a >= 0.19 for a, b in zip(sent, sent[1:], strict=False))
