@@ -77,8 +77,9 @@ class AdmissionBatcher:
             task = asyncio.create_task(self._send_while_waiting(), name="soulgate-admission")
             self._senders.add(task)
             task.add_done_callback(self._senders.discard)
-        # shielded: a webhook whose client left must not cancel its group-mates' statement
-        return await asyncio.shield(future)
+        # a webhook whose client left cancels only its own future: the group's statement goes on,
+        # and its outcome for this event is dropped (the platform's retry finds it stored)
+        return await future
 
     async def _send_while_waiting(self) -> None:
         while self._waiting:
