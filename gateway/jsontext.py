@@ -15,7 +15,6 @@ common case is faster. Serialising for the inbox is in storage/storable.py.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -24,15 +23,21 @@ __all__ = ["loads"]
 
 
 # orjson reads an integer beyond 64 bits as a float, silently: any run of 19 or more digits
-# (in a number, or harmlessly in a string) sends the text to ``json``, which keeps it exact
-_LONG_DIGITS = re.compile(r"[0-9]{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+# (in a number, or harmlessly in a string) sends the text to ``json``, which keeps it exact.
+# Every digit is mapped to "0" and the zeros are searched for: C speed (``re`` took 8 us a
+# webhook, more than orjson's parse).
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
+def _long_number(text: str | bytes | bytearray) -> bool:
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return _LONG_NUMBER in data.translate(_DIGITS_TO_ZERO)
 
 
 def loads(text: str | bytes | bytearray) -> Any:
     """What ``json.loads(text)`` returns, or raises."""
-    long_digits = _LONG_DIGITS.search(text) if isinstance(text, str) else _LONG_DIGITS_BYTES.search(text)
-    if long_digits is None:
+    if not _long_number(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -105,17 +105,18 @@ def storable_json_text(value: Any) -> str:
     """``value`` as JSON text Postgres accepts as ``jsonb`` (what :func:`storable_json` would
     make of it, serialised); the tree is walked only when the text says it might need it."""
     try:
-        # orjson writes NaN/Infinity as null (what cleaning makes of them) and refuses what
-        # ``json`` handles differently (lone surrogates, huge integers, non-string keys,
-        # nesting deeper than 254): those take the standard path below
+        # orjson writes NaN/Infinity as null (what cleaning makes of them), escapes a NUL as
+        # \u0000 and refuses what ``json`` handles differently (lone surrogates, huge
+        # integers, non-string keys, nesting deeper than 254): those take the standard path
         text = orjson.dumps(value).decode()
+        unstorable = "\\u0000" in text  # a substring search: no surrogate can be in it
     except (orjson.JSONEncodeError, TypeError):
         try:
             text = _DUMPS(value)
         except (ValueError, RecursionError):  # NaN/Infinity, or nesting deeper than Python's stack
             return _DUMPS(storable_json(value))
-    if (_UNSTORABLE_IN_JSON.search(text) is None
-            and text.count("{") + text.count("[") <= MAX_DEPTH):  # depth <= number of openers
+        unstorable = _UNSTORABLE_IN_JSON.search(text) is not None
+    if not unstorable and text.count("{") + text.count("[") <= MAX_DEPTH:  # depth <= number of openers
         return text
     return _DUMPS(storable_json(value))
 
