@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .database import Database, connection_trouble
 
@@ -60,7 +61,7 @@ class AdmissionBatcher:
                  max_group: int = 100) -> None:
         if max_in_flight < 1 or max_group < 1:
             raise ValueError("max_in_flight and max_group must be at least 1")
-        self._db = db
+        self._lane = db.lane(max_in_flight)
         self._on_stored = on_stored
         self._max_in_flight = max_in_flight
         self._max_group = max_group
@@ -113,22 +114,32 @@ class AdmissionBatcher:
             _settle(future, owner)
 
     async def _one(self, a: Admission) -> uuid.UUID | None:
-        async with self._db.pool.acquire() as conn:
-            owner: uuid.UUID | None = await conn.fetchval(
-                _SINGLE, a.id, a.channel, a.account, list(a.keys), a.external_id, a.conversation_key,
-                a.envelope_json, a.received_at)
+        owner: uuid.UUID | None = await self._on_lane(
+            "fetchval", _SINGLE, a.id, a.channel, a.account, list(a.keys), a.external_id, a.conversation_key,
+            a.envelope_json, a.received_at)
         return owner
 
     async def _group(self, group: list[Admission]) -> list[uuid.UUID | None]:
         key_rows = [row for row, a in enumerate(group, start=1) for _ in a.keys]
         keys = [k for a in group for k in a.keys]
-        async with self._db.pool.acquire() as conn:
-            rows = await conn.fetch(
-                _GROUP, [a.id for a in group], [a.channel for a in group], [a.account for a in group],
-                [a.external_id for a in group], [a.conversation_key for a in group],
-                [a.envelope_json for a in group], [a.received_at for a in group], key_rows, keys)
+        rows = await self._on_lane(
+            "fetch", _GROUP, [a.id for a in group], [a.channel for a in group], [a.account for a in group],
+            [a.external_id for a in group], [a.conversation_key for a in group],
+            [a.envelope_json for a in group], [a.received_at for a in group], key_rows, keys)
         owners = {r["admitted_id"]: r["owner_id"] for r in rows}
         return [owners[a.id] for a in group]
+
+    async def _on_lane(self, method: str, *args: Any) -> Any:
+        """One statement on a connection of the admission lane (at most ``max_in_flight`` senders
+        run, so the lane never needs more connections than that)."""
+        conn = await self._lane.take()
+        try:
+            result = await getattr(conn, method)(*args)
+        except BaseException as exc:
+            self._lane.give_back(conn, exc)
+            raise
+        self._lane.give_back(conn)
+        return result
 
 
 def _settle(future: asyncio.Future[uuid.UUID | None], owner: uuid.UUID | None = None, *,

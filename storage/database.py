@@ -26,6 +26,7 @@ from gateway import jsontext
 from .notify import Notifier
 
 __all__ = [
+    "ConnectionLane",
     "Database",
     "DatabaseUnavailable",
     "connection_trouble",
@@ -138,6 +139,13 @@ class Database:
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
         self.notifier = Notifier(lambda: self.pool.acquire())
+        self._lanes: list[ConnectionLane] = []
+
+    def lane(self, size: int) -> ConnectionLane:
+        """Up to ``size`` connections of their own, outside the pool (closed with it)."""
+        lane = ConnectionLane(self, size)
+        self._lanes.append(lane)
+        return lane
 
     def notify_soon(self, channel: str) -> None:
         """Wake listeners of ``channel``, here at once and elsewhere by NOTIFY; call it after
@@ -177,6 +185,8 @@ class Database:
 
     async def close(self) -> None:
         await self.notifier.aclose()
+        for lane in self._lanes:
+            await lane.aclose()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -224,6 +234,51 @@ class Database:
                     await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+
+class ConnectionLane:
+    """Connections kept for one hot path, outside the pool.
+
+    The admission path (storage/admission.py) sends a statement per webhook, or per
+    group of them. Through the pool each borrowed connection cost an acquire and a
+    release (asyncpg wraps the release in a task of its own): about a tenth of the
+    gateway's CPU per webhook at moderate load. And an admission then never waits for
+    a pool connection that slow turns hold. A connection is opened when needed, kept
+    while it works, and dropped after a connection error (the next use opens another).
+    """
+
+    def __init__(self, db: Database, size: int) -> None:
+        self._db = db
+        self.size = size
+        self._idle: list[asyncpg.Connection] = []
+        self._closed = False
+
+    async def take(self) -> asyncpg.Connection:
+        """An idle connection, or a new one; the caller keeps at most ``size`` taken at once."""
+        if self._closed:
+            raise DatabaseUnavailable("the database is closed")
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_closed():
+                return conn
+        return await self._db.connect_dedicated()
+
+    def give_back(self, conn: asyncpg.Connection, failure: BaseException | None = None) -> None:
+        """Keep ``conn`` for the next use, unless it failed for want of a connection."""
+        refused = isinstance(failure, asyncpg.PostgresError) and not connection_trouble(failure)
+        if self._closed or conn.is_closed() or (failure is not None and not refused):
+            conn.terminate()  # lost, or cut mid-statement (cancelled): its state is unknown
+        else:
+            self._idle.append(conn)  # a statement Postgres refused leaves the connection usable
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                await conn.close(timeout=2)
+            except Exception:  # already gone: nothing to close politely
+                conn.terminate()
 
 
 def _migration_files() -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from gateway.testing import make_envelope
-from storage import Store
+from storage import Database, Store
 from storage.admission import AdmissionBatcher
 from storage.database import connection_trouble
 
@@ -132,3 +132,32 @@ def test_a_batcher_needs_a_slot_and_room() -> None:
         AdmissionBatcher(None, lambda: None, max_in_flight=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least 1"):
         AdmissionBatcher(None, lambda: None, max_group=0)  # type: ignore[arg-type]
+
+
+async def test_admission_needs_no_pool_connection_and_its_own_close_with_the_database(store: Store) -> None:
+    # slow turns may hold every pool connection: webhooks are still admitted and acknowledged
+    pool = store.db.pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        envs = [make_envelope(f"m{i}") for i in range(10)]
+        for env in envs[:5]:  # one after another: the same lane connection each time
+            assert await asyncio.wait_for(store.inbox.admit(env), 5) == (env.id, True)
+        assert await asyncio.wait_for(asyncio.gather(*(store.inbox.admit(e) for e in envs[5:])), 5) == [
+            (e.id, True) for e in envs[5:]]
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    db_name = (await store.db.fetch("SELECT current_database() AS n"))[0]["n"]
+    count = "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+    others = Database(store.db.url)
+    await others.connect(migrate=False)
+    try:
+        assert (await others.fetch(count, db_name))[0]["n"] > pool.get_size()  # the lane's are open
+        await store.db.close()  # the pool and the lane's connections
+        for _ in range(100):  # a backend leaves pg_stat_activity a moment after its client
+            if (await others.fetch(count, db_name))[0]["n"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert (await others.fetch(count, db_name))[0]["n"] == 0
+    finally:
+        await others.close()
