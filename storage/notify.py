@@ -58,7 +58,7 @@ class Notifier:
         self.tag = f"soulgate:{uuid.uuid4().hex}"
         #: seconds between two NOTIFYs while pokes keep coming (other processes' workers
         #: may hear of a row this much later under load; this process's at once)
-        self.min_interval = 0.005
+        self.min_interval = 0.01
         self._last = float("-inf")
 
     def subscribe(self, channel: str, fn: Callable[[], None]) -> Callable[[], None]:
