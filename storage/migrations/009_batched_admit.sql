@@ -24,20 +24,34 @@ BEGIN
     -- Every key of the group in one insert, in key order: two groups that share keys
     -- lock them in the same order, so they wait for each other instead of deadlocking.
     -- Within the group the earlier row takes a shared key.
-    WITH taken AS (
-        INSERT INTO inbox_keys (channel, account, key, inbox_id)
-            SELECT p_channels[u.r], p_accounts[u.r], u.k, p_ids[u.r]
-            FROM unnest(p_key_rows, p_keys) AS u(r, k)
-            ORDER BY p_channels[u.r], p_accounts[u.r], u.k, u.r
-            ON CONFLICT DO NOTHING
-            RETURNING inbox_keys.inbox_id
-    ), got AS (
-        SELECT t.inbox_id, count(*) AS n FROM taken t GROUP BY t.inbox_id
-    ), need AS (
-        SELECT u.r, count(*) AS n FROM unnest(p_key_rows) AS u(r) GROUP BY u.r
-    )
+    INSERT INTO inbox_keys (channel, account, key, inbox_id)
+        SELECT p_channels[u.r], p_accounts[u.r], u.k, p_ids[u.r]
+        FROM unnest(p_key_rows, p_keys) AS u(r, k)
+        ORDER BY p_channels[u.r], p_accounts[u.r], u.k, u.r
+        ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS stored = ROW_COUNT;
+    IF stored = cardinality(p_keys) THEN
+        -- The common case, no duplicate: every row is stored, in the order they arrived
+        -- (seq keeps a conversation's order).
+        INSERT INTO inbox (id, channel, account, external_id, conversation_key, envelope, received_at)
+            SELECT a.id, a.channel, a.account, a.external_id, a.conversation_key, a.envelope::jsonb, a.received_at
+            FROM unnest(p_ids, p_channels, p_accounts, p_external_ids, p_conversation_keys, p_envelopes,
+                        p_received_at) WITH ORDINALITY
+                 AS a(id, channel, account, external_id, conversation_key, envelope, received_at, r)
+            ORDER BY a.r;
+        RETURN QUERY SELECT x, x FROM unnest(p_ids) AS x;
+        RETURN;
+    END IF;
+
+    -- Some key was known: the rows that got all their keys are stored.
     SELECT coalesce(array_agg(need.r ORDER BY need.r), '{}') INTO winners
-        FROM need JOIN got ON got.inbox_id = p_ids[need.r] AND got.n = need.n;
+        FROM (SELECT u.r, count(*) AS n FROM unnest(p_key_rows) AS u(r) GROUP BY u.r) AS need
+        JOIN (SELECT u.r, count(*) AS n
+                FROM unnest(p_key_rows, p_keys) AS u(r, k)
+                JOIN inbox_keys k ON k.channel = p_channels[u.r] AND k.account = p_accounts[u.r]
+                                 AND k.key = u.k AND k.inbox_id = p_ids[u.r]
+                GROUP BY u.r) AS got
+          ON got.r = need.r AND got.n = need.n;
 
     IF cardinality(winners) < cardinality(p_ids) THEN
         -- The rows that missed a key (duplicates, as a rule) take back the keys they did
@@ -67,7 +81,6 @@ BEGIN
         END LOOP;
     END IF;
 
-    -- Stored in the order they arrived: seq keeps a conversation's order.
     INSERT INTO inbox (id, channel, account, external_id, conversation_key, envelope, received_at)
         SELECT p_ids[w], p_channels[w], p_accounts[w], p_external_ids[w], p_conversation_keys[w],
                p_envelopes[w]::jsonb, p_received_at[w]
