@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .database import Database, connection_trouble
+from .database import ConnectionLane, Database, connection_trouble
 
 __all__ = ["Admission", "AdmissionBatcher"]
 
@@ -61,7 +61,9 @@ class AdmissionBatcher:
                  max_group: int = 100) -> None:
         if max_in_flight < 1 or max_group < 1:
             raise ValueError("max_in_flight and max_group must be at least 1")
-        self._lane = db.lane(max_in_flight)
+        self._db = db
+        self._lane: ConnectionLane | None = None  # opened by the first admission, not by a repo built
+        # for another query (storage/turns.py builds one to reclaim a row)
         self._on_stored = on_stored
         self._max_in_flight = max_in_flight
         self._max_group = max_group
@@ -132,13 +134,16 @@ class AdmissionBatcher:
     async def _on_lane(self, method: str, *args: Any) -> Any:
         """One statement on a connection of the admission lane (at most ``max_in_flight`` senders
         run, so the lane never needs more connections than that)."""
-        conn = await self._lane.take()
+        if self._lane is None:
+            self._lane = self._db.lane(self._max_in_flight)
+        lane = self._lane
+        conn = await lane.take()
         try:
             result = await getattr(conn, method)(*args)
         except BaseException as exc:
-            self._lane.give_back(conn, exc)
+            lane.give_back(conn, exc)
             raise
-        self._lane.give_back(conn)
+        lane.give_back(conn)
         return result
 
 

@@ -161,3 +161,14 @@ async def test_admission_needs_no_pool_connection_and_its_own_close_with_the_dat
         assert (await others.fetch(count, db_name))[0]["n"] == 0
     finally:
         await others.close()
+
+
+async def test_a_repo_built_for_another_query_keeps_no_lane(store: Store) -> None:
+    # storage/turns.py builds an InboxRepo to reclaim a row after a lost answer; that must not
+    # leave a connection lane registered with the database each time
+    from storage.inbox import InboxRepo
+
+    lanes = len(store.db._lanes)
+    for _ in range(50):
+        assert await InboxRepo(store.db).reclaim(uuid.uuid4(), 30) is None
+    assert len(store.db._lanes) == lanes
