@@ -108,7 +108,9 @@ class AdmissionBatcher:
                     _settle(future, exc=exc)
                 return
             # one event Postgres refused must not fail the others: alone, each gets its own answer
-            await asyncio.gather(*(self._send([item]) for item in group))
+            # (one after the other, in arrival order, on this sender's lane connection)
+            for item in group:
+                await self._send([item])
             return
         if any(owner == a.id for (a, _), owner in zip(group, owners, strict=True)):
             self._on_stored()

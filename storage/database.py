@@ -252,6 +252,8 @@ class ConnectionLane:
         self.size = size
         self._idle: list[asyncpg.Connection] = []
         self._closed = False
+        #: connections opened so far (a working lane opens ``size`` of them once)
+        self.opened = 0
 
     async def take(self) -> asyncpg.Connection:
         """An idle connection, or a new one; the caller keeps at most ``size`` taken at once."""
@@ -261,13 +263,17 @@ class ConnectionLane:
             conn = self._idle.pop()
             if not conn.is_closed():
                 return conn
-        return await self._db.connect_dedicated()
+        conn = await self._db.connect_dedicated()
+        self.opened += 1
+        return conn
 
     def give_back(self, conn: asyncpg.Connection, failure: BaseException | None = None) -> None:
         """Keep ``conn`` for the next use, unless it failed for want of a connection."""
         refused = isinstance(failure, asyncpg.PostgresError) and not connection_trouble(failure)
         if self._closed or conn.is_closed() or (failure is not None and not refused):
             conn.terminate()  # lost, or cut mid-statement (cancelled): its state is unknown
+        elif len(self._idle) >= self.size:
+            conn.terminate()  # more were taken at once than the lane keeps
         else:
             self._idle.append(conn)  # a statement Postgres refused leaves the connection usable
 

@@ -72,6 +72,14 @@ async def test_an_event_postgres_refuses_fails_alone(store: Store) -> None:
     # nothing of the refused event is stored, not even its key
     assert await _count(store, "SELECT count(*) AS n FROM inbox") == 8
     assert await _count(store, "SELECT count(*) AS n FROM inbox_keys") == 8
+    # the events of the refused group went one at a time, over the lane's own connections
+    lane = store.inbox.admissions._lane
+    assert lane is not None and lane.opened <= lane.size
+    order = []
+    while (claim := await store.inbox.claim("w", 30)) is not None:
+        order.append(claim.inbox_id)
+        await store.db.fetch("UPDATE inbox SET status = 'done' WHERE id = $1", uuid.UUID(claim.inbox_id))
+    assert order == [e.id for e in good]  # one conversation: arrival order kept
 
 
 async def test_crossing_keys_in_concurrent_groups_store_each_key_once(store: Store) -> None:
