@@ -68,7 +68,11 @@ class AdmissionBatcher:
         self._max_in_flight = max_in_flight
         self._max_group = max_group
         self._waiting: deque[tuple[Admission, asyncio.Future[uuid.UUID | None]]] = deque()
-        self._senders: set[asyncio.Task[None]] = set()
+        self._senders: set[asyncio.Task[None]] = set()  # strong references only
+        # counted by the senders themselves: a sender that found nothing more to send has left
+        # the count in the same step (a done-callback would leave a window in which a new
+        # admission sees every slot taken by senders that have already finished)
+        self._sending = 0
         #: statements sent and events they carried, for tests and the benchmarks
         self.statements = 0
         self.events = 0
@@ -76,7 +80,8 @@ class AdmissionBatcher:
     async def admit(self, admission: Admission) -> uuid.UUID | None:
         future: asyncio.Future[uuid.UUID | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((admission, future))
-        if len(self._senders) < self._max_in_flight:
+        if self._sending < self._max_in_flight:
+            self._sending += 1
             task = asyncio.create_task(self._send_while_waiting(), name="soulgate-admission")
             self._senders.add(task)
             task.add_done_callback(self._senders.discard)
@@ -85,14 +90,17 @@ class AdmissionBatcher:
         return await future
 
     async def _send_while_waiting(self) -> None:
-        while self._waiting:
-            group = [self._waiting.popleft() for _ in range(min(self._max_group, len(self._waiting)))]
-            try:
-                await self._send(group)
-            except BaseException as exc:  # cancelled (shutdown): nobody may wait forever
-                for _, future in group:
-                    _settle(future, exc=exc)
-                raise
+        try:
+            while self._waiting:
+                group = [self._waiting.popleft() for _ in range(min(self._max_group, len(self._waiting)))]
+                try:
+                    await self._send(group)
+                except BaseException as exc:  # cancelled (shutdown): nobody may wait forever
+                    for _, future in group:
+                        _settle(future, exc=exc)
+                    raise
+        finally:
+            self._sending -= 1
 
     async def _send(self, group: list[tuple[Admission, asyncio.Future[uuid.UUID | None]]]) -> None:
         self.statements += 1

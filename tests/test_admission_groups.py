@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from typing import Any
 
 import pytest
 
@@ -180,3 +181,24 @@ async def test_a_repo_built_for_another_query_keeps_no_lane(store: Store) -> Non
     for _ in range(50):
         assert await InboxRepo(store.db).reclaim(uuid.uuid4(), 30) is None
     assert len(store.db._lanes) == lanes
+
+
+async def test_an_admission_arriving_as_the_senders_finish_is_still_sent(store: Store) -> None:
+    # the sender finishes; an admission in the next loop iteration, before the task's
+    # done-callbacks run, must still start a sender of its own (it waited forever, or
+    # until the next admission, when the slot was counted by the done-callback)
+    batcher = AdmissionBatcher(store.db, lambda: None, max_in_flight=1)
+    store.inbox.admissions = batcher
+    for round_ in range(30):
+        first = [make_envelope(f"r{round_} a0")]
+        late = make_envelope(f"r{round_} late")
+
+        async def admit_late(env: Any = late) -> tuple[str, bool]:
+            # until the sender's task has finished (perhaps before its done-callbacks ran)
+            while batcher._senders and not all(t.done() for t in batcher._senders):  # noqa: ASYNC110
+                await asyncio.sleep(0)
+            return await store.inbox.admit(env)
+
+        results = await asyncio.wait_for(
+            asyncio.gather(*(store.inbox.admit(e) for e in first), admit_late()), 5)
+        assert results[-1] == (late.id, True)
