@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
@@ -344,6 +345,8 @@ class Gateway:
         )
         await db.connect()
         self.store = Store(db)
+        batcher = self.store.inbox.admissions
+        self.metrics.watch_admissions(lambda: (batcher.statements, batcher.events))
 
     async def _ensure_admin_token(self) -> None:
         configured = self.config.admin.token.get_secret_value()
@@ -410,7 +413,9 @@ class Gateway:
     async def admit(self, envelope: Envelope) -> AdmitResult:
         if not envelope.text.strip() and not envelope.segments:
             return AdmitResult(inbox_id="", created=False)  # empty: ignored, nothing stored
+        started = time.perf_counter()
         inbox_id, created = await self.store.inbox.admit(envelope)
+        self.metrics.admit_seconds.labels(envelope.channel).observe(time.perf_counter() - started)
         (self.metrics.admitted if created else self.metrics.duplicates).labels(envelope.channel).inc()
         return AdmitResult(inbox_id=inbox_id, created=created)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 
 from gateway import TransientDeliveryError
+from gateway.metrics import Metrics
 from gateway.testing import FakeAdapter, running_gateway, test_config
 
 TOKEN = "test-admin-token"
@@ -45,6 +48,10 @@ async def test_status_metrics_and_readiness(soulgate_database_url: str) -> None:
             text = await r.text()
         assert 'soulgate_admitted_total{channel="fake"} 1.0' in text
         assert 'soulgate_queue_depth{queue="outbox",status="dead"} 0.0' in text
+        # the admission's own time and the statement that carried it
+        assert 'soulgate_admit_seconds_count{channel="fake"} 1.0' in text
+        assert "soulgate_admission_statements_total 1.0" in text
+        assert "soulgate_admission_events_total 1.0" in text
         async with http.get(_url(h, "/api/plugins")) as r:
             assert any(p["name"] == "default_route" for p in (await r.json())["plugins"])
 
@@ -104,3 +111,11 @@ async def test_proactive_send_to_a_stored_conversation(soulgate_database_url: st
             assert r.status == 404
         await h.idle()
         assert [m.text for m in h.adapter.sent][-1] == "ping"
+
+
+def test_every_metric_is_in_the_operations_guide() -> None:
+    """docs/operations.md says what each metric means and when to alert: a new one must be added there."""
+    guide = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text(encoding="utf-8")
+    names = {family.name for family in Metrics().registry.collect()}
+    assert "soulgate_admission_statements" in names
+    assert [n for n in sorted(names) if f"`{n}" not in guide] == []
