@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,18 +166,21 @@ def free_port() -> int:
 # -- child processes ---------------------------------------------------------------------------
 
 
-async def run_load(spec: dict[str, Any]) -> dict[str, Any]:
+async def run_load(spec: dict[str, Any], *, on_spawn: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run ``bench/_loadgen.py`` with ``spec`` in its own process; its JSON result.
 
     Spec keys: url, mode ("open" with rate, or "closed" with concurrency), count,
     duration, tag, channels, secret. The result holds per-request ``send`` (wall
     clock), ``latency`` (seconds), ``status`` and the generator's ``lag`` behind
-    its schedule (open loop), plus ``elapsed``.
+    its schedule (open loop), plus ``elapsed``. ``on_spawn`` gets the generator's pid
+    as soon as it exists (``--pin`` moves it off the measured CPU).
     """
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(BENCH / "_loadgen.py"), json.dumps(spec),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
+    if on_spawn is not None:
+        on_spawn(proc.pid)
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed ({proc.returncode}): {err.decode()[-2000:]}")

@@ -27,6 +27,11 @@ Phases (each system on a fresh database, after a short warm-up):
    with this process in role ingress (the split deployment of process roles;
    ``--worker-nice`` runs it at a lower CPU priority).
 
+``--pin`` gives this process and the Postgres backends serving it one CPU, and
+everything else (the postmaster and the other backends, the worker process, the
+fakes, the load generator) the others (``bench/_cpus.py``): what a machine with a
+core to spare for the ingress would do. Every phase runs pinned, the baselines too.
+
 ``--repeat`` runs every phase that many times, interleaved, and reports medians.
 
 Targets (issue 9): throughput ≥ 0.8 x bare; ack p99 at half load ≤ 2 x bare's
@@ -34,6 +39,7 @@ p99; ack p99 with saturated workers ≤ 1.2 x the unsaturated (ingress) p99.
 
     python bench/ingress.py                 # ~2 minutes on 2 cores
     python bench/ingress.py --repeat 3 --seconds 15 --worker-nice 10
+    python bench/ingress.py --pin --worker-nice 19 --rate 600
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +80,7 @@ from bench._common import (
     server_version,
     table,
 )
+from bench._cpus import CpuSplit
 from gateway import Reply, Services, Turn, TurnResult, hookimpl
 from gateway.config import config_from_mapping
 from gateway.http import bound_port
@@ -203,7 +210,7 @@ async def gateway_server(
 
 @asynccontextmanager
 async def worker_process(url: str, fakes: dict[str, Any], workers: int, pool_max: int, soul_dir: Path,
-                         work: Path, nice: int = 0) -> AsyncIterator[None]:
+                         work: Path, nice: int = 0, split: CpuSplit | None = None) -> AsyncIterator[None]:
     """``soulgate run --role worker`` with the SOUL agent, in its own process (the split deployment)."""
     port = free_port()
     config = work / "worker.toml"
@@ -218,6 +225,8 @@ async def worker_process(url: str, fakes: dict[str, Any], workers: int, pool_max
     proc = await asyncio.create_subprocess_exec(
         *niced, sys.executable, "-m", "gateway.cli", "--config", str(config), "run", "--role", "worker",
         cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    if split is not None:
+        split.elsewhere(proc.pid)  # before it starts any thread: they inherit it
     try:
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer bench"}) as session:
             for _ in range(600):
@@ -243,16 +252,17 @@ async def worker_process(url: str, fakes: dict[str, Any], workers: int, pool_max
 # -- phases --------------------------------------------------------------------------------------
 
 
-async def measure(name: str, url: str, spec: dict[str, Any], note: str = "", turns_done: Gateway | None = None
-                  ) -> Phase:
+async def measure(name: str, url: str, spec: dict[str, Any], note: str = "", turns_done: Gateway | None = None,
+                  split: CpuSplit | None = None) -> Phase:
+    on_spawn = split.elsewhere if split is not None else None
     # warm-up: connections, prepared statements, code paths
     await run_load({"url": url, "mode": "closed", "concurrency": 8, "count": 200, "duration": 5,
-                    "tag": f"warm-{name}", "secret": spec["secret"]})
+                    "tag": f"warm-{name}", "secret": spec["secret"]}, on_spawn=on_spawn)
     done0 = 0
     if turns_done is not None:
         done0 = await wait_turns(turns_done, 20)
     cpu0 = time.process_time()
-    result = await run_load({"url": url, **spec})
+    result = await run_load({"url": url, **spec}, on_spawn=on_spawn)
     cpu = time.process_time() - cpu0
     phase = Phase(name, spec["mode"], result["status"], result["latency"], result["elapsed"], cpu,
                   result["cpu"], result["lag"], note)
@@ -313,7 +323,9 @@ def setups(args: argparse.Namespace) -> list[Setup]:
 @asynccontextmanager
 async def system(setup: Setup, server: str, fakes: dict[str, Any], args: argparse.Namespace, soul_dir: Path
                  ) -> AsyncIterator[tuple[str, Gateway | None]]:
-    async with fresh_database(server) as db:
+    async with fresh_database(server) as plain_db:
+        # with --pin, the backends serving this process are told apart by their application_name
+        db = CpuSplit.tag(plain_db) if args.split_cpus else plain_db
         if not setup.role:
             async with bare_server(db, args.pool) as url:
                 yield url, None
@@ -326,8 +338,8 @@ async def system(setup: Setup, server: str, fakes: dict[str, Any], args: argpars
             soul_dir=soul_dir,
         ) as (url, gw):
             if setup.split:
-                async with worker_process(db, fakes, setup.workers, setup.workers + args.pool, soul_dir,
-                                          soul_dir.parent, nice=args.worker_nice):
+                async with worker_process(plain_db, fakes, setup.workers, setup.workers + args.pool, soul_dir,
+                                          soul_dir.parent, nice=args.worker_nice, split=args.split_cpus):
                     yield url, gw
             else:
                 yield url, gw
@@ -337,6 +349,13 @@ async def amain(args: argparse.Namespace) -> None:
     server = await asyncio.to_thread(embedded_server, args.data_dir)
     pg = await server_version(server)
     fakes = FakesProcess(llm_latency=args.llm_latency)
+    split = CpuSplit.of_this_machine() if args.pin else None
+    args.split_cpus = split
+    pinning = AsyncExitStack()
+    if split is not None:
+        split.measure_here()
+        split.elsewhere(fakes.proc.pid)
+        await pinning.enter_async_context(split.postgres(server))
     work = scratch_dir("soulgate-bench-ingress-")
     soul_dir = work / "soul"  # empty: the built-in agent
     soul_dir.mkdir()
@@ -350,7 +369,8 @@ async def amain(args: argparse.Namespace) -> None:
         for i in range(args.repeat):
             for setup in maxima:
                 async with system(setup, server, fakes.info, args, soul_dir) as (url, gw):
-                    phases.append(await measure(setup.name, url, {**closed, "tag": f"max{i}{setup.role}"}))
+                    phases.append(await measure(setup.name, url, {**closed, "tag": f"max{i}{setup.role}"},
+                                                split=split))
         bare_max = statistics.median(p.rate for p in phases if p.name == "bare max")
         gw_max = statistics.median(p.rate for p in phases if p.name == "gateway max")
         rate = args.rate or 0.5 * min(bare_max, gw_max)
@@ -360,10 +380,12 @@ async def amain(args: argparse.Namespace) -> None:
             for n, setup in enumerate(setups(args)):
                 async with system(setup, server, fakes.info, args, soul_dir) as (url, gw):
                     busy = gw if setup.responder == "agents" else None
-                    phases.append(await measure(setup.name, url, {**opened, "tag": f"half{i}-{n}"}, turns_done=busy))
+                    phases.append(await measure(setup.name, url, {**opened, "tag": f"half{i}-{n}"}, turns_done=busy,
+                                                split=split))
                     if gw is not None:
                         phases[-1].note = await inbox_state(gw)
     finally:
+        await pinning.aclose()
         fakes.close()
     print(report(phases, args, rate, pg, load_before, loadavg()), flush=True)
 
@@ -401,7 +423,8 @@ def report(phases: list[Phase], args: argparse.Namespace, rate: float, pg: str, 
     out = table(
         f"soulgate ingress benchmark — Slack Events API webhooks, {args.seconds:g} s per phase, {args.repeat} run(s) "
         f"each (medians), closed loop {args.concurrency} senders, open loop {rate:.0f}/s, {args.channels} DM "
-        f"channels\nmachine: {machine()}; PostgreSQL {pg} (embedded); load average before {load0}, after {load1}",
+        f"channels\nmachine: {machine()}; PostgreSQL {pg} (embedded); load average before {load0}, after {load1}"
+        + (f"\n{args.split_cpus.describe()}" if args.split_cpus else ""),
         ["phase", "requests", "errors", "acked/s", "p50 ms", "p99 ms", "p99 range", "CPU ms/req", "turns",
          "gen lag p99"],
         rows,
@@ -428,6 +451,9 @@ def main() -> None:
     parser.add_argument("--agent-workers", type=int, default=32,
                         help="dispatch workers in the heavy agent phase and the worker process")
     parser.add_argument("--worker-nice", type=int, default=0, help="nice level of the separate worker process")
+    parser.add_argument("--pin", action="store_true",
+                        help="one CPU for this process and its Postgres backends, the others for everything else "
+                             "(postmaster, other backends, worker process, fakes, load generator): a core to spare")
     parser.add_argument("--repeat", type=int, default=1, help="runs of every phase, interleaved; medians")
     parser.add_argument("--no-split", dest="split", action="store_false",
                         help="skip the phase with the agent turns in a separate worker process")
