@@ -48,18 +48,8 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def _children(parent: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if _parent(int(entry.name)) == parent:
-                    out.append(int(entry.name))
-    return out
-
-
 class CpuSplit:
-    """The measured CPU and the others; ``None`` from :meth:`of_this_machine` below 2 CPUs."""
+    """The measured CPU and the others."""
 
     def __init__(self, measured: set[int], rest: set[int]) -> None:
         self.measured = measured
@@ -99,18 +89,15 @@ class CpuSplit:
         placed: dict[int, bool] = {}
 
         async def watch() -> None:
+            # pg_stat_activity lists every backend and background process (not the postmaster):
+            # cheaper, from the measured process, than scanning /proc
             while True:
-                measured = {
-                    r["pid"]
-                    for r in await conn.fetch(
-                        "SELECT pid FROM pg_stat_activity WHERE application_name = $1", MEASURED_APP
-                    )
-                }
-                alive = _children(postmaster)
-                for pid in set(placed) - set(alive):
+                rows = await conn.fetch("SELECT pid, application_name = $1 AS here FROM pg_stat_activity",
+                                        MEASURED_APP)
+                live = {r["pid"]: bool(r["here"]) for r in rows}
+                for pid in set(placed) - set(live):
                     del placed[pid]  # gone: its pid may come back as another backend
-                for pid in alive:
-                    here = pid in measured
+                for pid, here in live.items():
                     if placed.get(pid) is not here:
                         _set(pid, self.measured if here else self.rest)
                         placed[pid] = here
