@@ -12,6 +12,12 @@ A group that fails (a row Postgres refuses, say a key too long for its index) is
 retried one event at a time, so only the bad event gets the error; a dropped
 connection fails every event of the group, and each webhook then gets the error it
 would have had alone (the platform retries; the dedup keys make that safe).
+
+A statement that takes longer than ``timeout`` fails its group the same way, and its
+connection is dropped. All admissions of an instance go through two connections, so
+without a limit a connection that silently died (a network partition sends no reset)
+would hold every webhook until TCP gave up, many minutes later; with it, the lane
+opens a fresh connection and the platforms' retries get in.
 """
 
 from __future__ import annotations
@@ -58,15 +64,20 @@ class AdmissionBatcher:
     """
 
     def __init__(self, db: Database, on_stored: Callable[[], None], *, max_in_flight: int = 2,
-                 max_group: int = 100) -> None:
+                 max_group: int = 100, timeout: float = 10.0) -> None:
         if max_in_flight < 1 or max_group < 1:
             raise ValueError("max_in_flight and max_group must be at least 1")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
         self._db = db
         self._lane: ConnectionLane | None = None  # opened by the first admission, not by a repo built
         # for another query (storage/turns.py builds one to reclaim a row)
         self._on_stored = on_stored
         self._max_in_flight = max_in_flight
         self._max_group = max_group
+        # Slack wants its 200 within 3 s, Teams retries after about 15: an admission slower than
+        # this helps nobody, and a hung connection must not hold the lane for longer
+        self._timeout = timeout
         self._waiting: deque[tuple[Admission, asyncio.Future[uuid.UUID | None]]] = deque()
         self._senders: set[asyncio.Task[None]] = set()  # strong references only
         # counted by the senders themselves: a sender that found nothing more to send has left
@@ -149,7 +160,7 @@ class AdmissionBatcher:
         lane = self._lane
         conn = await lane.take()
         try:
-            result = await getattr(conn, method)(*args)
+            result = await getattr(conn, method)(*args, timeout=self._timeout)
         except BaseException as exc:
             lane.give_back(conn, exc)
             raise
